@@ -1,0 +1,118 @@
+"""How to run a command on a node: the result type and the protocol every backend implements.
+
+The SSH backend lives in ``ssh.py`` (the only module importing paramiko); ``LocalRunner`` runs on this
+host (tests, and the rig); ``testing.FakeRunner`` answers from a table for unit tests.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from coreos_lab.errors import CommandFailed, CommandTimeout
+
+Cmd = str | Sequence[str]
+
+
+def render_cmd(cmd: Cmd, *, sudo: bool = False) -> str:
+    """Turn an argv list (quoted with shlex) or a ready shell string into one shell line.
+
+    >>> render_cmd(["systemctl", "show", "my app.service"])
+    "systemctl show 'my app.service'"
+    >>> render_cmd("echo $HOME", sudo=True)
+    "sudo -n -- sh -c 'echo $HOME'"
+    """
+    line = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    if sudo:
+        line = "sudo -n -- sh -c " + shlex.quote(line)
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What a command did on one host. A non-zero exit is data, not an exception."""
+
+    host: str
+    cmd: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def check(self) -> CommandResult:
+        """Return self, or raise CommandFailed when the command exited non-zero."""
+        if self.exit_code != 0:
+            raise CommandFailed(self.host, self.cmd, self.exit_code, self.stderr)
+        return self
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs shell commands on one host."""
+
+    @property
+    def host(self) -> str: ...
+
+    def run(
+        self, cmd: Cmd, *, timeout: float | None = None, sudo: bool = False, stdin: bytes | None = None
+    ) -> CommandResult: ...
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
+        """Write ``data`` to ``path`` on the host atomically (temp file + rename)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check(runner: Runner, cmd: Cmd, *, timeout: float | None = None, sudo: bool = False) -> CommandResult:
+    """Run and raise CommandFailed on a non-zero exit."""
+    return runner.run(cmd, timeout=timeout, sudo=sudo).check()
+
+
+class LocalRunner:
+    """Runs commands on this host with /bin/sh (used by tests and the rig, never for nodes)."""
+
+    def __init__(self, host: str = "localhost", default_timeout: float = 60.0) -> None:
+        self._host = host
+        self.default_timeout = default_timeout
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def run(
+        self, cmd: Cmd, *, timeout: float | None = None, sudo: bool = False, stdin: bytes | None = None
+    ) -> CommandResult:
+        line = render_cmd(cmd, sudo=sudo)
+        limit = timeout if timeout is not None else self.default_timeout
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(  # noqa: S602 - running a shell line is this runner's purpose
+                line, shell=True, input=stdin, capture_output=True, timeout=limit, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimeout(f"{self._host}: command timed out after {limit:g}s: {line}") from exc
+        return CommandResult(
+            host=self._host,
+            cmd=line,
+            exit_code=proc.returncode,
+            stdout=proc.stdout.decode("utf-8", "replace"),
+            stderr=proc.stderr.decode("utf-8", "replace"),
+            duration=time.monotonic() - start,
+        )
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
+        tmp = f"{path}.coreos-lab-tmp"
+        line = f"cat > {shlex.quote(tmp)} && chmod {mode:o} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        self.run(line, sudo=sudo, stdin=data).check()
+
+    def close(self) -> None:
+        return None
