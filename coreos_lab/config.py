@@ -60,7 +60,7 @@ class LabConfig:
     network: str = DEFAULT_NETWORK
     bootstrap: str = "static"
     discovery_url: str | None = None
-    cluster_token: str = "coreos-lab"
+    cluster_token: str = "coreos-lab"  # noqa: S105 - etcd initial-cluster-token, not a secret
     metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     tls: bool = False
     # coreos-vagrant config.rb variables
@@ -119,9 +119,7 @@ def validate(cfg: LabConfig) -> LabConfig:
     if not isinstance(cfg.cpus, int) or not 1 <= cfg.cpus <= 64:
         raise ConfigError(f"cpus must be between 1 and 64, got {cfg.cpus!r}")
     if not isinstance(cfg.name_prefix, str) or not PREFIX_RE.match(cfg.name_prefix):
-        raise ConfigError(
-            f"name prefix must be lowercase letters, digits and '-' (max 42), got {cfg.name_prefix!r}"
-        )
+        raise ConfigError(f"name prefix must be lowercase letters, digits and '-' (max 42), got {cfg.name_prefix!r}")
     try:
         net = ipaddress.ip_network(cfg.network, strict=False)
     except (ValueError, TypeError) as exc:
@@ -187,9 +185,7 @@ def load(lab_dir: Path) -> LabConfig:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{path} not found", hint="run 'coreos-lab init' first, or pass --lab DIR"
-        ) from exc
+        raise ConfigError(f"{path} not found", hint="run 'coreos-lab init' first, or pass --lab DIR") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     try:
@@ -219,4 +215,6 @@ def find_lab_dir(start: Path | None = None) -> Path:
     for candidate in (here, *here.parents):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
-    raise ConfigError(f"no {CONFIG_NAME} here or in any parent of {here}", hint="run 'coreos-lab init' or pass --lab DIR")
+    raise ConfigError(
+        f"no {CONFIG_NAME} here or in any parent of {here}", hint="run 'coreos-lab init' or pass --lab DIR"
+    )

@@ -111,7 +111,8 @@ class LocalRunner:
 
     def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
         tmp = f"{path}.coreos-lab-tmp"
-        line = f"cat > {shlex.quote(tmp)} && chmod {mode:o} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        qtmp, qpath = shlex.quote(tmp), shlex.quote(path)
+        line = f"cat > {qtmp} && chmod {mode:o} {qtmp} && mv -f {qtmp} {qpath}"
         self.run(line, sudo=sudo, stdin=data).check()
 
     def close(self) -> None:

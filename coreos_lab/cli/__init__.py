@@ -6,10 +6,10 @@ code in exactly one place, ``LabGroup.main``.
 
 from __future__ import annotations
 
+from coreos_lab.cli import etcd_cmds, lab, nodes, status, units, vm
 from coreos_lab.cli._app import app, main
-from coreos_lab.cli import lab, nodes, status, units, vm  # noqa: E402  (registration order = help order)
 
-for _module in (lab, vm, nodes, units, status):
+for _module in (lab, vm, nodes, etcd_cmds, units, status):  # registration order = help order
     _module.register(app)
 
 __all__ = ["app", "main"]

@@ -29,9 +29,7 @@ class LabGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         try:
-            rv = super().main(
-                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
-            )
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except CoreosLabError as exc:
             log.debug("error", exc_info=True)
             _fail(f"error: {exc}", exc.exit_code)
