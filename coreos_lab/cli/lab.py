@@ -1,9 +1,158 @@
-"""CLI commands: lab (placeholder, filled by its owner)."""
+"""CLI commands that create and re-render a lab: ``init`` and ``render``."""
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from coreos_lab import config as config_mod
+from coreos_lab import discovery
+from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
+from coreos_lab.config import LabConfig
+from coreos_lab.errors import UsageError
+from coreos_lab.render import WriteResult, init_lab, render_existing
+
+
+def parse_metadata(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["core-01=role=web", ...]`` -> ``{"core-01": {"role": "web"}}`` (values are checked by the config)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        node, sep, rest = item.partition("=")
+        key, sep2, value = rest.partition("=")
+        if not (sep and sep2 and node and key):
+            raise UsageError(f"--metadata wants NODE=key=value (e.g. core-01=role=web), got {item!r}")
+        out.setdefault(node, {})[key] = value
+    return out
+
+
+def _bootstrap(bootstrap: str | None, discovery_url: str | None, endpoint: str | None) -> str:
+    if bootstrap is None:
+        if endpoint:
+            return "self-hosted"
+        return "discovery" if discovery_url else "static"
+    if bootstrap == "static" and (discovery_url or endpoint):
+        raise UsageError("--bootstrap static takes no --discovery-url or --discovery-endpoint")
+    if bootstrap == "discovery" and endpoint:
+        raise UsageError("--discovery-endpoint goes with --bootstrap self-hosted, not discovery")
+    return bootstrap
+
+
+def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    cfg = result.config
+    if as_json:
+        data: dict[str, Any] = {
+            "lab": str(result.lab_dir),
+            "written": [str(p) for p in result.written],
+            "removed": [str(p) for p in result.removed],
+            "os": cfg.os,
+            "channel": cfg.channel,
+            "provider": cfg.provider,
+            "bootstrap": cfg.bootstrap,
+            "discovery_url": cfg.discovery_url,
+            "nodes": [{"name": n.name, "ip": n.ip, "metadata": dict(n.metadata)} for n in cfg.nodes],
+            "warnings": list(result.warnings),
+        }
+        emit_json(data)
+        return
+    nodes = cfg.nodes
+    span = nodes[0].name if len(nodes) == 1 else f"{nodes[0].name}..{nodes[-1].name}"
+    typer.echo(
+        f"{verb} {result.lab_dir}: {len(nodes)} node(s) {span}, {cfg.os} {cfg.channel}, {cfg.provider}, "
+        f"bootstrap {cfg.bootstrap}"
+    )
+    base = result.lab_dir.resolve()
+    for path in result.written:
+        typer.echo(f"  wrote {_rel(path, base)}")
+    for path in result.removed:
+        typer.echo(f"  removed {_rel(path, base)}")
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def init(
+    directory: Path = typer.Argument(Path(), help="Lab directory to create (default: the current one)."),  # noqa: B008
+    instances: int = typer.Option(3, "--instances", "-n", help="Number of nodes, 1..32."),
+    channel: str = typer.Option("stable", "--channel", help="Release channel: stable, beta, alpha, lts."),
+    os_name: str = typer.Option("flatcar", "--os", help="flatcar, or coreos (legacy dialect; boxes gone)."),
+    provider: str = typer.Option("virtualbox", "--provider", help="virtualbox or libvirt."),
+    box: str | None = typer.Option(None, "--box", help="Box name (default flatcar-<channel>; e.g. coreos-lab/lab)."),
+    box_url: str | None = typer.Option(None, "--box-url", help="Box metadata URL (default: the channel's)."),
+    box_version: str | None = typer.Option(None, "--box-version", help="Box version (default: current)."),
+    memory: int = typer.Option(1024, "--memory", help="MB of memory per node (>= 512)."),
+    cpus: int = typer.Option(1, "--cpus", help="vCPUs per node."),
+    name_prefix: str = typer.Option("core", "--name-prefix", help="Node names are <prefix>-01, <prefix>-02, ..."),
+    network: str = typer.Option(
+        config_mod.DEFAULT_NETWORK, "--network", help="Private network CIDR; node i gets host address 100+i."
+    ),
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", help="static (default, offline), discovery (token service) or self-hosted."
+    ),
+    discovery_url: str | None = typer.Option(None, "--discovery-url", help="Reuse this discovery token URL."),
+    discovery_service: str | None = typer.Option(
+        None,
+        "--discovery-service",
+        envvar=discovery.SERVICE_ENV,
+        help=f"Discovery service for new tokens (default {discovery.DEFAULT_SERVICE}).",
+    ),
+    discovery_endpoint: str | None = typer.Option(
+        None, "--discovery-endpoint", help="etcd with the v2 API holding self-hosted discovery tokens."
+    ),
+    metadata: list[str] = typer.Option(  # noqa: B008 - typer's way of declaring a repeatable option
+        [], "--metadata", help="Node metadata NODE=key=value, repeatable (e.g. core-01=role=web)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing lab."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create a lab: coreos-lab.toml, Vagrantfile, config.rb and user-data/<node>.yaml."""
+    mode = _bootstrap(bootstrap, discovery_url, discovery_endpoint)
+    draft = LabConfig(
+        instances=instances,
+        channel=channel,
+        os=os_name,
+        provider=provider,
+        box=box,
+        box_url=box_url,
+        box_version=box_version,
+        memory=memory,
+        cpus=cpus,
+        name_prefix=name_prefix,
+        network=network,
+        bootstrap=mode,
+        discovery_url=discovery_url,
+        # Unique per lab, so two static labs on one network cannot join each other's cluster.
+        cluster_token=f"coreos-lab-{secrets.token_hex(4)}",
+        metadata=parse_metadata(metadata),
+    )
+    result = init_lab(
+        directory,
+        draft,
+        force=force,
+        discovery_service=discovery_service,
+        discovery_endpoint=discovery_endpoint,
+        policy=discovery.RetryPolicy.from_env(),
+    )
+    _report(result, as_json=as_json, verb="Created lab")
+    if not as_json:
+        typer.echo(f"Next: cd {directory} && vagrant up")
+
+
+def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Re-render Vagrantfile, config.rb and user-data/ from coreos-lab.toml (never fetches a new token)."""
+    result = render_existing(lab_dir(lab))
+    _report(result, as_json=as_json, verb="Rendered lab")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the application."""
+    app.command("init")(init)
+    app.command("render")(render)

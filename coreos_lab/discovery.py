@@ -1,0 +1,216 @@
+"""How a new etcd cluster finds its members: a public discovery token, a self-hosted one, or a static list.
+
+The token is fetched once, at ``init``, and stored in coreos-lab.toml: coreos-vagrant fetched a new one on
+every ``vagrant up``, which split running clusters. ``render`` never fetches.
+
+Every request has a timeout and a bounded number of attempts with exponential backoff; answers are checked
+(a public-service answer must be a URL ending in a 32-hex token) before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import requests
+
+from coreos_lab.config import URL_RE, LabConfig
+from coreos_lab.errors import ConfigError, DiscoveryError
+
+DEFAULT_SERVICE: Final = "https://discovery.etcd.io"
+SERVICE_ENV: Final = "COREOS_LAB_DISCOVERY_SERVICE"
+TIMEOUT_ENV: Final = "COREOS_LAB_DISCOVERY_TIMEOUT"
+OFFLINE_HINT: Final = "use --bootstrap static to bootstrap without network"
+TOKEN_URL_RE: Final = re.compile(r"^https?://\S+/[0-9a-f]{32}$")
+_MAX_ANSWER: Final = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Per-request timeout (seconds), total attempts, and the first backoff (doubled after each failure)."""
+
+    timeout: float = 10.0
+    attempts: int = 3
+    backoff: float = 0.5
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The default policy, with the timeout taken from $COREOS_LAB_DISCOVERY_TIMEOUT when set."""
+        raw = os.environ.get(TIMEOUT_ENV)
+        if not raw:
+            return cls()
+        try:
+            timeout = float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from exc
+        if not 0 < timeout <= 300:
+            raise ConfigError(f"{TIMEOUT_ENV} must be between 0 and 300 seconds, got {raw!r}")
+        return cls(timeout=timeout)
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (timeout, refused connection, 5xx)."""
+
+
+def _short_reason(exc: requests.RequestException) -> str:
+    """requests' messages run to several hundred characters; keep the errno part when there is one."""
+    text = str(exc)
+    match = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if match:
+        return match.group(0).strip()
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return type(exc).__name__
+
+
+def _attempt(
+    what: str,
+    send: Callable[[], requests.Response],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> requests.Response:
+    """Call ``send`` up to ``policy.attempts`` times; return the first non-5xx response."""
+    last = "no attempt made"
+    for attempt in range(max(1, policy.attempts)):
+        if attempt:
+            sleep(policy.backoff * 2 ** (attempt - 1))
+        try:
+            try:
+                resp = send()
+            except requests.Timeout as exc:
+                raise _Retryable(f"no answer within {policy.timeout:g}s") from exc
+            except requests.ConnectionError as exc:
+                raise _Retryable(_short_reason(exc)) from exc
+            except requests.RequestException as exc:
+                raise DiscoveryError(f"{what} failed: {_short_reason(exc)}", hint=OFFLINE_HINT) from exc
+            if resp.status_code >= 500:
+                raise _Retryable(f"HTTP {resp.status_code}")
+            return resp
+        except _Retryable as exc:
+            last = str(exc)
+    raise DiscoveryError(f"{what} failed after {policy.attempts} attempts: {last}", hint=OFFLINE_HINT)
+
+
+def _preview(text: str) -> str:
+    one_line = " ".join(text.split())
+    return repr(one_line[:60] + ("..." if len(one_line) > 60 else ""))
+
+
+def new_token(
+    size: int,
+    service: str = DEFAULT_SERVICE,
+    *,
+    policy: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+) -> str:
+    """Ask a discovery service (``GET {service}/new?size=N``) for a new token URL and check the answer.
+
+    Returns the token URL, e.g. ``https://discovery.etcd.io/<32 hex digits>``.
+    """
+    policy = policy or RetryPolicy()
+    service = _check_base_url(service, "discovery service")
+    http = session or requests.Session()
+    what = f"discovery service {service}"
+    try:
+        resp = _attempt(
+            what,
+            lambda: http.get(
+                f"{service}/new", params={"size": str(size)}, timeout=policy.timeout, allow_redirects=False
+            ),
+            policy,
+        )
+    finally:
+        if session is None:
+            http.close()
+    if resp.status_code != 200:
+        raise DiscoveryError(f"{what} answered HTTP {resp.status_code}: {_preview(resp.text)}", hint=OFFLINE_HINT)
+    body = resp.text.strip()
+    if not body:
+        raise DiscoveryError(f"{what} answered an empty body instead of a token URL", hint=OFFLINE_HINT)
+    if len(body) > _MAX_ANSWER or not TOKEN_URL_RE.match(body) or not URL_RE.match(body):
+        raise DiscoveryError(f"{what} answered {_preview(body)}, not a URL ending in a 32-hex token", hint=OFFLINE_HINT)
+    return body
+
+
+def create_self_hosted(
+    endpoint: str,
+    size: int,
+    *,
+    token: str | None = None,
+    policy: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+) -> str:
+    """Create a discovery token on an etcd with the v2 API; return its discovery URL.
+
+    Sets ``{endpoint}/v2/keys/discovery/<token>/_config/size`` to ``size`` and returns
+    ``{endpoint}/v2/keys/discovery/<token>``, which etcd's ``--discovery`` accepts.
+    """
+    policy = policy or RetryPolicy()
+    endpoint = _check_base_url(endpoint, "discovery endpoint")
+    token = token or uuid.uuid4().hex
+    url = f"{endpoint}/v2/keys/discovery/{token}"
+    http = session or requests.Session()
+    what = f"etcd at {endpoint}"
+    try:
+        resp = _attempt(
+            what,
+            lambda: http.put(f"{url}/_config/size", data={"value": str(size)}, timeout=policy.timeout),
+            policy,
+        )
+    finally:
+        if session is None:
+            http.close()
+    if resp.status_code == 404:
+        raise DiscoveryError(
+            f"{what} does not serve the v2 keys API (HTTP 404); start it with --enable-v2", hint=OFFLINE_HINT
+        )
+    if resp.status_code not in (200, 201):
+        raise DiscoveryError(f"{what} answered HTTP {resp.status_code}: {_preview(resp.text)}", hint=OFFLINE_HINT)
+    try:
+        node = resp.json()["node"]
+        value = node["value"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DiscoveryError(f"{what} answered {_preview(resp.text)}, not an etcd v2 keys answer") from exc
+    if value != str(size):
+        raise DiscoveryError(f"{what} stored size {value!r}, expected {size}")
+    return url
+
+
+def _check_base_url(url: str, what: str) -> str:
+    url = url.rstrip("/")
+    if not URL_RE.match(url):
+        raise ConfigError(f"{what} must be a plain http(s) URL, got {url!r}")
+    return url
+
+
+def resolve(
+    cfg: LabConfig,
+    *,
+    service: str | None = None,
+    endpoint: str | None = None,
+    policy: RetryPolicy | None = None,
+) -> LabConfig:
+    """Return ``cfg`` with its discovery_url filled in for its bootstrap mode (network only when needed).
+
+    - static: no discovery URL (a given one is dropped: etcd would ignore it beside an initial cluster);
+    - discovery: keep a given URL (``--discovery-url``), else fetch a new token from ``service``
+      (default: $COREOS_LAB_DISCOVERY_SERVICE, else the public service);
+    - self-hosted: keep a given URL, else create a token on the etcd at ``endpoint``.
+    """
+    if cfg.bootstrap == "static":
+        return cfg.with_changes(discovery_url=None)
+    if cfg.discovery_url is not None:
+        return cfg.with_changes()
+    if cfg.bootstrap == "discovery":
+        url = new_token(cfg.instances, service or os.environ.get(SERVICE_ENV) or DEFAULT_SERVICE, policy=policy)
+    else:
+        if not endpoint:
+            raise ConfigError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
+        url = create_self_hosted(endpoint, cfg.instances, policy=policy)
+    return cfg.with_changes(discovery_url=url)
