@@ -1,0 +1,301 @@
+"""The hub: named nodes -> runners, parallel fan-out, and HTTP paths to node-side ports.
+
+A ``Cluster`` comes from a Vagrant lab (``from_lab``: one ``vagrant ssh-config`` for all nodes, cached
+until the machines change) or from an inventory file (``from_inventory``: an OpenSSH client config).
+With ``persist=True`` the connections live in the per-config mux process (see ``mux.py``), so repeated
+CLI calls skip the SSH handshakes.
+
+>>> from coreos_lab.testing import FakeRunner
+>>> c = Cluster({"core-01": FakeRunner("core-01", {"hostname": "core-01\\n"})})
+>>> c.run_all("hostname")["core-01"].stdout
+'core-01\\n'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeVar, Union
+
+from coreos_lab.errors import ConfigError, CoreosLabError, SSHError, UsageError
+from coreos_lab.fsutil import atomic_write
+from coreos_lab.runner import Cmd, CommandResult, LocalRunner, Runner
+from coreos_lab.sshconfig import SSHTarget, format_ssh_config, parse_ssh_config
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NodeOutcome = Union[CommandResult, CoreosLabError]  # noqa: UP007 - a runtime alias, readable in docs
+STATE_DIR: Final = ".coreos-lab"
+SSH_CONFIG_CACHE: Final = "ssh-config.json"
+MAX_WORKERS: Final = 64
+
+
+class Cluster:
+    """Named nodes and how to reach them. Node order is the order of the source (core-01, core-02 ...)."""
+
+    def __init__(
+        self,
+        runners: Mapping[str, Runner],
+        targets: Mapping[str, SSHTarget] | None = None,
+        *,
+        config_text: str | None = None,
+    ) -> None:
+        self._runners = dict(runners)
+        self.targets: dict[str, SSHTarget] = dict(targets or {})
+        self.config_text = config_text
+        self._sessions: dict[tuple[str, str, int], tuple[requests.Session, str]] = {}
+        self._lock = threading.Lock()
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_targets(
+        cls,
+        targets: Mapping[str, SSHTarget],
+        *,
+        accept_new: bool = False,
+        persist: bool = False,
+        config_text: str | None = None,
+        default_timeout: float = 60.0,
+    ) -> Cluster:
+        """Runners for ``targets``: in the mux when ``persist`` (and not opted out), else in-process."""
+        text = config_text if config_text is not None else format_ssh_config(targets)
+        runners: dict[str, Runner] = {}
+        if persist and not _persist_disabled():
+            from coreos_lab.mux import MuxClient, MuxRunner
+
+            client = MuxClient(text, accept_new=accept_new)
+            for name in targets:
+                runners[name] = MuxRunner(client, name, default_timeout=default_timeout)
+        else:
+            from coreos_lab.ssh import SSHRunner
+
+            for name, target in targets.items():
+                runners[name] = SSHRunner(target, accept_new=accept_new, default_timeout=default_timeout)
+        return cls(runners, targets, config_text=text)
+
+    @classmethod
+    def from_ssh_config(cls, text: str, *, accept_new: bool = False, persist: bool = False) -> Cluster:
+        targets = parse_ssh_config(text)
+        if not targets:
+            raise ConfigError("the ssh config names no hosts (need at least one 'Host NAME' block)")
+        return cls.from_targets(targets, accept_new=accept_new, persist=persist, config_text=text)
+
+    @classmethod
+    def from_inventory(cls, path: Path | str, accept_new: bool = False, *, persist: bool = False) -> Cluster:
+        """Nodes from an OpenSSH client config file; each concrete ``Host`` alias is a node."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read inventory {p}: {exc.strerror or exc}") from None
+        try:
+            return cls.from_ssh_config(text, accept_new=accept_new, persist=persist)
+        except ConfigError as exc:
+            raise ConfigError(f"inventory {p}: {exc}") from None
+
+    @classmethod
+    def from_lab(cls, lab_dir: Path | str, persist: bool = True, *, accept_new: bool = False) -> Cluster:
+        """Nodes of a Vagrant lab, from ``vagrant ssh-config`` (cached; see ``lab_ssh_config``)."""
+        text = lab_ssh_config(Path(lab_dir))
+        return cls.from_ssh_config(text, accept_new=accept_new, persist=persist)
+
+    # -- nodes ---------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self._runners)
+
+    def runner(self, name: str) -> Runner:
+        try:
+            return self._runners[name]
+        except KeyError:
+            raise UsageError(f"no node named {name!r} (nodes: {', '.join(self._runners) or 'none'})") from None
+
+    def select(self, names: Iterable[str] | None) -> list[str]:
+        """Validate a node selection; None or empty means every node, in cluster order."""
+        chosen = list(dict.fromkeys(names or ()))
+        if not chosen:
+            return self.names
+        unknown = [n for n in chosen if n not in self._runners]
+        if unknown:
+            raise UsageError(f"no node named {', '.join(map(repr, unknown))} (nodes: {', '.join(self._runners)})")
+        return chosen
+
+    # -- fan-out -------------------------------------------------------------------------------------
+    def run_all(
+        self,
+        cmd: Cmd,
+        nodes: Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+        sudo: bool = False,
+    ) -> dict[str, NodeOutcome]:
+        """Run ``cmd`` on the nodes in parallel; every node gets an outcome, in node order.
+
+        A node that is down, times out or fails to authenticate maps to its error (one line in
+        ``str(err)``); the others are unaffected.
+        """
+        chosen = self.select(nodes)
+
+        def one(name: str) -> NodeOutcome:
+            try:
+                return self._runners[name].run(cmd, timeout=timeout, sudo=sudo)
+            except CoreosLabError as exc:
+                return exc
+            except Exception as exc:  # a backend bug on one node must not hide the others
+                log.debug("%s: unexpected error", name, exc_info=True)
+                return SSHError(f"{name}: {type(exc).__name__}: {exc}")
+
+        if len(chosen) == 1:
+            return {chosen[0]: one(chosen[0])}
+        with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(chosen))) as pool:
+            outcomes = list(pool.map(one, chosen))
+        return dict(zip(chosen, outcomes, strict=True))
+
+    def map(self, fn: Callable[[Runner], T], nodes: Sequence[str] | None = None) -> dict[str, T | CoreosLabError]:
+        """Call ``fn(runner)`` on the nodes in parallel; a CoreosLabError becomes that node's value."""
+        chosen = self.select(nodes)
+
+        def one(name: str) -> T | CoreosLabError:
+            try:
+                return fn(self._runners[name])
+            except CoreosLabError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, max(1, len(chosen)))) as pool:
+            return dict(zip(chosen, pool.map(one, chosen), strict=True))
+
+    # -- HTTP to node-side ports ---------------------------------------------------------------------
+    def http_base(self, name: str, remote_port: int, remote_host: str = "127.0.0.1") -> tuple[requests.Session, str]:
+        """A requests Session and base URL reaching ``remote_host:remote_port`` as seen from node ``name``.
+
+        Over the mux this is a unix socket held by the mux; in-process it is a local TCP forward; for
+        a ``LocalRunner`` (tests on this host) it is the address itself.
+        """
+        runner = self.runner(name)
+        key = (name, remote_host, remote_port)
+        with self._lock:
+            cached = self._sessions.get(key)
+            if cached is not None:
+                return cached
+            import requests
+
+            from coreos_lab.mux import MuxRunner
+
+            if isinstance(runner, MuxRunner):
+                from coreos_lab.unixhttp import unix_session
+
+                made = unix_session(runner.forward_unix(remote_host, remote_port))
+            elif isinstance(runner, LocalRunner):
+                session = requests.Session()
+                session.trust_env = False
+                made = (session, f"http://{_url_host(remote_host)}:{remote_port}")
+            else:
+                forward = getattr(runner, "forward", None)
+                if forward is None:
+                    raise SSHError(f"{name}: this runner cannot forward ports")
+                host, port = forward(remote_host, remote_port)
+                session = requests.Session()
+                session.trust_env = False  # a proxy from the environment must not see the tunnel
+                made = (session, f"http://{host}:{port}")
+            self._sessions[key] = made
+            return made
+
+    # -- output --------------------------------------------------------------------------------------
+    def ssh_config(self) -> str:
+        """An OpenSSH client config for every node (``ssh -F``, testinfra, Ansible, fleetctl --tunnel)."""
+        return format_ssh_config(self.targets)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session, _ in sessions:
+            session.close()
+        for r in self._runners.values():
+            with contextlib.suppress(Exception):
+                r.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _persist_disabled() -> bool:
+    from coreos_lab.mux import persist_disabled
+
+    return persist_disabled()
+
+
+# -- the lab's cached ssh-config -----------------------------------------------------------------------
+def machine_ids_fingerprint(lab_dir: Path) -> str:
+    """A hash of Vagrant's machine ids (``.vagrant/machines/*/*/id``): changes on up/destroy/recreate."""
+    h = hashlib.sha256()
+    for path in sorted((lab_dir / ".vagrant" / "machines").glob("*/*/id")):
+        try:
+            content = path.read_bytes()
+        except OSError:
+            continue
+        h.update(str(path.relative_to(lab_dir)).encode() + b"\0" + content + b"\0")
+    return h.hexdigest()
+
+
+def _cache_path(lab_dir: Path) -> Path:
+    return lab_dir / STATE_DIR / SSH_CONFIG_CACHE
+
+
+def lab_ssh_config(lab_dir: Path) -> str:
+    """``vagrant ssh-config`` text for the lab: from the cache while the machine ids are unchanged."""
+    fingerprint = machine_ids_fingerprint(lab_dir)
+    cache = _cache_path(lab_dir)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(cache.read_text())
+        if data["fingerprint"] == fingerprint and data["text"].strip():
+            return str(data["text"])
+    # Imported lazily (python-vagrant is slow to import and only needed on a cache miss), by name so
+    # this module does not depend on vagrant.py at type-check time.
+    vagrant = importlib.import_module("coreos_lab.vagrant")
+    text = str(vagrant.ssh_config_text(lab_dir))
+    if text.strip():
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(cache, json.dumps({"fingerprint": fingerprint, "text": text}), mode=0o600)
+    return text
+
+
+def invalidate(lab_dir: Path | str) -> None:
+    """Forget the cached ssh-config (call after up/reload/halt/destroy). The old mux idles out."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_cache_path(Path(lab_dir)))
+
+
+def open_cluster(
+    *,
+    lab: Path | None = None,
+    inventory: Path | None = None,
+    accept_new: bool = False,
+    persist: bool = True,
+) -> Cluster:
+    """What every node-targeting CLI command does: an inventory when given, else the lab's Vagrant nodes."""
+    if inventory is not None:
+        return Cluster.from_inventory(inventory, accept_new, persist=persist)
+    if lab is None:
+        from coreos_lab.config import find_lab_dir
+
+        lab = find_lab_dir()
+    return Cluster.from_lab(lab, persist, accept_new=accept_new)

@@ -1,0 +1,532 @@
+"""Connections that outlive a CLI call: a per-lab background process holding the SSH connections.
+
+Like OpenSSH's ControlPersist. The first ``MuxRunner`` call spawns ``python -m coreos_lab.mux serve``
+(detached); it owns one ``ssh.SSHRunner`` per node and serves requests on a unix socket until it has been
+idle for ``idle`` seconds (default 60). Later CLI calls skip the SSH handshakes entirely.
+
+Security: the socket lives in a directory of mode 0700 owned by the user ($XDG_RUNTIME_DIR/coreos-lab, or
+/tmp/coreos-lab-<uid>), has mode 0600, and the server checks every peer's uid with SO_PEERCRED.
+
+One mux serves exactly one ssh-config text: its name is a hash of that text (plus accept-new and the idle
+timeout), so a changed config (new ports after ``vagrant up``) gets a fresh mux and the old one idles out.
+
+Wire protocol: one request per unix connection, each way a 4-byte big-endian length then UTF-8 JSON.
+This module must not import paramiko at import time: the client side is on every CLI call's hot path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from coreos_lab.errors import CommandFailed, CommandTimeout, CoreosLabError, HostKeyError, SSHError
+from coreos_lab.runner import Cmd, CommandResult, render_cmd
+
+if TYPE_CHECKING:
+    from coreos_lab.ssh import SSHRunner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE: Final = 60.0
+MAX_FRAME: Final = 256 * 1024 * 1024
+SPAWN_WAIT: Final = 15.0
+_LEN = struct.Struct(">I")
+_ERRORS: Final[Mapping[str, type[CoreosLabError]]] = {
+    "CommandTimeout": CommandTimeout,
+    "HostKeyError": HostKeyError,
+    "SSHError": SSHError,
+}
+
+
+class MuxClosing(SSHError):
+    """The mux was shutting down and did not run the request (safe to retry on a new mux)."""
+
+
+# -- framing -------------------------------------------------------------------------------------------
+def send_frame(sock: socket.socket, obj: Any) -> None:
+    payload = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    sock.sendall(_LEN.pack(len(payload)) + payload)
+
+
+def recv_frame(sock: socket.socket) -> Any:
+    """Read one frame; None on a clean EOF before any byte."""
+    header = _recv_exact(sock, _LEN.size)
+    if header is None:
+        return None
+    (size,) = _LEN.unpack(header)
+    if size > MAX_FRAME:
+        raise SSHError(f"mux: frame of {size} bytes is too large")
+    body = _recv_exact(sock, size)
+    if body is None:
+        raise SSHError("mux: connection closed in the middle of a frame")
+    return json.loads(body.decode("utf-8"))
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = sock.recv(min(size - got, 1 << 20))
+        if not chunk:
+            if got == 0:
+                return None
+            raise SSHError("mux: connection closed in the middle of a frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+# -- where things live ---------------------------------------------------------------------------------
+def runtime_dir() -> Path:
+    """A private directory for sockets: created 0700 if missing, refused if anyone else could use it."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(xdg) / "coreos-lab" if xdg and os.path.isdir(xdg) else Path(f"/tmp/coreos-lab-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise SSHError(
+            f"mux: unsafe directory {base} (must be a directory of mode 0700 owned by uid {os.getuid()})",
+            hint="remove it, or pass --no-persist",
+        )
+    return base
+
+
+def mux_key(config_text: str, *, accept_new: bool, idle: float) -> str:
+    digest = hashlib.sha256(f"{config_text}\0{accept_new}\0{idle:g}".encode()).hexdigest()
+    return digest[:16]
+
+
+def persist_disabled() -> bool:
+    """True when the user opted out of the background process (COREOS_LAB_NO_PERSIST=1)."""
+    return os.environ.get("COREOS_LAB_NO_PERSIST", "") not in ("", "0")
+
+
+def idle_default() -> float:
+    try:
+        return float(os.environ.get("COREOS_LAB_MUX_IDLE", DEFAULT_IDLE))
+    except ValueError:
+        return DEFAULT_IDLE
+
+
+# -- client --------------------------------------------------------------------------------------------
+class MuxClient:
+    """Talks to (and if needed starts) the mux for one ssh-config text."""
+
+    def __init__(self, config_text: str, *, accept_new: bool = False, idle: float | None = None) -> None:
+        self.config_text = config_text
+        self.accept_new = accept_new
+        self.idle = idle if idle is not None else idle_default()
+        self.key = mux_key(config_text, accept_new=accept_new, idle=self.idle)
+        self.directory = runtime_dir()
+        self.socket_path = self.directory / f"mux-{self.key}.sock"
+
+    def request(self, req: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send one request; start the mux if none answers. Raises the error the mux reported."""
+        for attempt in (1, 2):
+            sock = self._connect()
+            try:
+                sock.settimeout(timeout)
+                send_frame(sock, dict(req))
+                reply = recv_frame(sock)
+            except TimeoutError:
+                raise SSHError(f"mux: no answer within {timeout:g}s for {req.get('op')}") from None
+            except OSError as exc:
+                raise SSHError(f"mux: connection lost: {exc}") from None
+            finally:
+                sock.close()
+            if reply is None:
+                raise SSHError("mux: connection closed without an answer (see the mux log)")
+            error = reply.get("error")
+            if error is None:
+                return dict(reply)
+            exc_obj = _error_from_wire(error)
+            if isinstance(exc_obj, MuxClosing) and attempt == 1:
+                continue
+            raise exc_obj
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> socket.socket:
+        sock = self._try_connect()
+        if sock is not None:
+            return sock
+        lock_path = self.directory / f"mux-{self.key}.lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one spawner at a time; the others find it running
+            sock = self._try_connect()
+            if sock is not None:
+                return sock
+            self._spawn()
+            deadline = time.monotonic() + SPAWN_WAIT
+            while time.monotonic() < deadline:
+                sock = self._try_connect()
+                if sock is not None:
+                    return sock
+                time.sleep(0.01)
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = (self.directory / f"mux-{self.key}.log").read_text(errors="replace").strip().splitlines()[-1]
+        raise SSHError(
+            f"mux: did not start within {SPAWN_WAIT:g}s{': ' + tail if tail else ''}", hint="try --no-persist"
+        )
+
+    def _try_connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        except OSError as exc:
+            sock.close()
+            raise SSHError(f"mux: cannot connect to {self.socket_path}: {exc.strerror or exc}") from None
+        if peer_uid(sock) != os.getuid():
+            sock.close()
+            raise SSHError(f"mux: {self.socket_path} is served by another user; refusing to use it")
+        return sock
+
+    def _spawn(self) -> None:
+        conf = {"config": self.config_text, "accept_new": self.accept_new, "idle": self.idle}
+        conf_path = self.directory / f"mux-{self.key}.json"
+        fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conf, fh)
+        log_path = self.directory / f"mux-{self.key}.log"
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "coreos_lab.mux", "serve", "--dir", str(self.directory), "--key", self.key],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=logf,
+                close_fds=True,
+                start_new_session=True,
+            )
+        # ``serve`` forks and its parent exits at once, so this wait is short and leaves no zombie.
+        try:
+            proc.wait(timeout=SPAWN_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise SSHError("mux: the spawner did not return") from None
+
+    def ping(self) -> dict[str, Any]:
+        return self.request({"op": "ping"}, timeout=10)
+
+    def shutdown(self) -> None:
+        """Ask a running mux to exit (does not start one)."""
+        sock = self._try_connect()
+        if sock is None:
+            return
+        with contextlib.closing(sock):
+            sock.settimeout(10)
+            send_frame(sock, {"op": "shutdown"})
+            with contextlib.suppress(OSError, SSHError):
+                recv_frame(sock)
+
+
+def _error_from_wire(error: Mapping[str, Any]) -> CoreosLabError:
+    kind = str(error.get("type", "SSHError"))
+    message = str(error.get("message", "mux: unknown error"))
+    if kind == "MuxClosing":
+        return MuxClosing(message)
+    if kind == "CommandFailed":
+        return CommandFailed(
+            str(error.get("host", "")),
+            str(error.get("cmd", "")),
+            int(error.get("exit_code", 1)),
+            str(error.get("stderr", "")),
+        )
+    cls = _ERRORS.get(kind, SSHError)
+    return cls(message, exit_code=int(error.get("exit_code", cls.exit_code)))
+
+
+class MuxRunner:
+    """A ``runner.Runner`` for one node whose connection lives in the mux process."""
+
+    def __init__(self, client: MuxClient, node: str, *, default_timeout: float = 60.0) -> None:
+        self.client = client
+        self.node = node
+        self.default_timeout = default_timeout
+
+    @property
+    def host(self) -> str:
+        return self.node
+
+    def run(
+        self, cmd: Cmd, *, timeout: float | None = None, sudo: bool = False, stdin: bytes | None = None
+    ) -> CommandResult:
+        limit = timeout if timeout is not None else self.default_timeout
+        req = {
+            "op": "run",
+            "node": self.node,
+            "cmd": render_cmd(cmd, sudo=sudo),
+            "timeout": limit,
+            "stdin": base64.b64encode(stdin).decode("ascii") if stdin is not None else None,
+        }
+        # The mux enforces ``limit``; the extra time covers a connect (handshake) done on the way.
+        reply = self.client.request(req, timeout=limit + 60.0)
+        r = reply["result"]
+        return CommandResult(r["host"], r["cmd"], int(r["exit_code"]), r["stdout"], r["stderr"], float(r["duration"]))
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
+        req = {
+            "op": "put",
+            "node": self.node,
+            "path": path,
+            "mode": mode,
+            "sudo": sudo,
+            "data": base64.b64encode(data).decode("ascii"),
+        }
+        self.client.request(req, timeout=max(120.0, self.default_timeout))
+
+    def connect(self) -> None:
+        """Make the mux open this node's connection now."""
+        self.client.request({"op": "connect", "node": self.node}, timeout=120.0)
+
+    def forward_unix(self, remote_host: str, remote_port: int) -> str:
+        """A unix socket (in the private mux directory) forwarded to ``remote_host:remote_port`` on the node."""
+        reply = self.client.request(
+            {"op": "forward", "node": self.node, "host": remote_host, "port": remote_port}, timeout=120.0
+        )
+        return str(reply["path"])
+
+    def close(self) -> None:
+        """Nothing to do: the connection belongs to the mux and outlives this object on purpose."""
+        return None
+
+
+# -- server --------------------------------------------------------------------------------------------
+class MuxServer:
+    """Owns the SSHRunners; one thread per client connection; exits when idle."""
+
+    def __init__(self, directory: Path, key: str, config_text: str, *, accept_new: bool, idle: float) -> None:
+        from coreos_lab.sshconfig import parse_ssh_config
+
+        self.directory = directory
+        self.key = key
+        self.targets = parse_ssh_config(config_text)
+        self.accept_new = accept_new
+        self.idle = idle
+        self.socket_path = directory / f"mux-{key}.sock"
+        self._runners: dict[str, SSHRunner] = {}
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._last = time.monotonic()
+        self._closing = False
+        self._listener: socket.socket | None = None
+
+    def runner(self, node: str) -> SSHRunner:
+        from coreos_lab.ssh import SSHRunner
+
+        with self._lock:
+            r = self._runners.get(node)
+            if r is None:
+                target = self.targets.get(node)
+                if target is None:
+                    raise SSHError(f"mux: no node named {node!r}")
+                r = self._runners[node] = SSHRunner(target, accept_new=self.accept_new)
+            return r
+
+    def bind(self) -> bool:
+        """Bind the socket; False when another live mux already serves it."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.socket_path))
+            return False
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.socket_path))
+        finally:
+            os.umask(old)
+        sock.listen(128)
+        sock.settimeout(1.0)
+        self._listener = sock
+        return True
+
+    def serve_forever(self) -> None:
+        listener = self._listener
+        if listener is None:
+            raise SSHError("mux: not bound")
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                if self._idle_exit():
+                    break
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            if self._idle_exit():
+                break
+        self._shutdown()
+
+    def _idle_exit(self) -> bool:
+        with self._lock:
+            if self._closing:
+                return True
+            if self._inflight == 0 and time.monotonic() - self._last >= self.idle:
+                self._closing = True
+                # Unlink first so new clients spawn a new mux instead of reaching a dying one.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket_path)
+                return True
+            return False
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        if self._listener is not None:
+            self._listener.close()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # let requests that were already accepted finish
+            with self._lock:
+                if self._inflight == 0:
+                    break
+            time.sleep(0.05)
+        for r in list(self._runners.values()):
+            with contextlib.suppress(Exception):
+                r.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.closing(conn):
+            try:
+                uid = peer_uid(conn)
+                if uid != os.getuid():
+                    log.warning("mux: refused a connection from uid %s", uid)
+                    send_frame(conn, {"error": {"type": "SSHError", "message": "mux: permission denied"}})
+                    return
+                req = recv_frame(conn)
+                if req is None:
+                    return
+                with self._lock:
+                    if self._closing:
+                        send_frame(conn, {"error": {"type": "MuxClosing", "message": "mux: shutting down"}})
+                        return
+                    self._inflight += 1
+                try:
+                    reply = self._dispatch(req)
+                except CommandFailed as exc:
+                    reply = {
+                        "error": {
+                            "type": "CommandFailed",
+                            "message": str(exc),
+                            "host": exc.host,
+                            "cmd": exc.cmd,
+                            "exit_code": exc.remote_exit_code,
+                            "stderr": exc.stderr,
+                        }
+                    }
+                except CoreosLabError as exc:
+                    reply = {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}}
+                except Exception as exc:  # a bug must come back as an answer, never kill the mux
+                    log.exception("mux: request failed")
+                    reply = {"error": {"type": "SSHError", "message": f"mux: {type(exc).__name__}: {exc}"}}
+                finally:
+                    with self._lock:
+                        self._inflight -= 1
+                        self._last = time.monotonic()
+                send_frame(conn, reply)
+            except (OSError, SSHError, ValueError) as exc:
+                log.debug("mux: client connection failed: %s", exc)
+
+    def _dispatch(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "ping":
+            return {"pid": os.getpid(), "key": self.key, "nodes": list(self.targets), "idle": self.idle}
+        if op == "shutdown":
+            with self._lock:
+                self._closing = True
+            return {}
+        node = str(req.get("node"))
+        runner = self.runner(node)
+        if op == "run":
+            stdin = req.get("stdin")
+            result = runner.run(
+                str(req["cmd"]),
+                timeout=float(req["timeout"]),
+                stdin=base64.b64decode(stdin) if stdin is not None else None,
+            )
+            return {
+                "result": {
+                    "host": result.host,
+                    "cmd": result.cmd,
+                    "exit_code": result.exit_code,
+                    "stdout": result.stdout,
+                    "stderr": result.stderr,
+                    "duration": result.duration,
+                }
+            }
+        if op == "put":
+            runner.put(base64.b64decode(req["data"]), str(req["path"]), mode=int(req["mode"]), sudo=bool(req["sudo"]))
+            return {}
+        if op == "connect":
+            runner.connect()
+            return {}
+        if op == "forward":
+            host, port = str(req["host"]), int(req["port"])
+            tag = hashlib.sha256(f"{node}\0{host}\0{port}".encode()).hexdigest()[:10]
+            path = str(self.directory / f"fwd-{self.key[:8]}-{tag}.sock")
+            return {"path": runner.forward_unix(path, host, port)}
+        raise SSHError(f"mux: unknown request {op!r}")
+
+
+def _serve_main(directory: Path, key: str) -> int:
+    conf = json.loads((directory / f"mux-{key}.json").read_text())
+    server = MuxServer(directory, key, conf["config"], accept_new=bool(conf["accept_new"]), idle=float(conf["idle"]))
+    if not server.bind():
+        return 0
+    # Detach: the spawning CLI waits only for this parent, which exits now (no zombie left behind).
+    if os.fork() != 0:
+        os._exit(0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s mux[%(process)d] %(message)s")
+    log.info("serving %s for nodes %s (idle %gs)", server.socket_path, ", ".join(server.targets), server.idle)
+    try:
+        server.serve_forever()
+    finally:
+        log.info("exiting")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coreos_lab.mux")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the mux (started by MuxClient, not by hand)")
+    serve.add_argument("--dir", required=True, type=Path)
+    serve.add_argument("--key", required=True)
+    args = parser.parse_args(argv)
+    return _serve_main(args.dir, args.key)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
