@@ -1,0 +1,252 @@
+"""`coreos-lab init` and `coreos-lab render` through typer's CliRunner and the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from coreos_lab.cli import app
+from coreos_lab.config import CONFIG_NAME, load
+from coreos_lab.discovery import SERVICE_ENV
+
+from .test_discovery import TOKEN, FakeService, Reply, refused_url, service  # noqa: F401 - fixture
+
+SCRIPT = Path(sys.executable).parent / "coreos-lab"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def test_init_default(tmp_path: Path) -> None:
+    target = tmp_path / "mylab"
+    code, out, err = run("init", str(target))
+    assert code == 0, err
+    assert files_under(target) == sorted(
+        [
+            CONFIG_NAME,
+            "Vagrantfile",
+            "config.rb",
+            "user-data/core-01.yaml",
+            "user-data/core-02.yaml",
+            "user-data/core-03.yaml",
+        ]
+    )
+    assert "bootstrap static" in out
+    assert err == ""
+    cfg = load(target)
+    assert cfg.cluster_token.startswith("coreos-lab-")
+
+
+def test_init_json_and_options(tmp_path: Path) -> None:
+    target = tmp_path / "lab"
+    code, out, err = run(
+        "init",
+        str(target),
+        "--instances",
+        "2",
+        "--channel",
+        "beta",
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--memory",
+        "2048",
+        "--cpus",
+        "2",
+        "--name-prefix",
+        "node",
+        "--network",
+        "10.9.0.0/24",
+        "--metadata",
+        "node-01=role=web",
+        "--metadata",
+        "node-01=zone=a=b",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["lab"] == str(target)
+    assert [n["name"] for n in data["nodes"]] == ["node-01", "node-02"]
+    assert data["nodes"][0] == {"name": "node-01", "ip": "10.9.0.101", "metadata": {"role": "web", "zone": "a=b"}}
+    assert sorted(data["written"]) == sorted(str(target / f) for f in files_under(target))
+    assert data["warnings"] == []
+    config_rb = (target / "config.rb").read_text()
+    for line in ("$num_instances = 2", '$update_channel = "beta"', "$vm_memory = 2048", '$lab_provider = "libvirt"'):
+        assert line in config_rb
+
+
+def test_init_refuses_then_force(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path))[0] == 0
+    code, _, err = run("init", str(tmp_path), "--instances", "1")
+    assert code == 2
+    assert err.startswith("error: ")
+    assert "--force" in err
+    assert len(load(tmp_path).nodes) == 3
+    code, out, err = run("init", str(tmp_path), "--instances", "1", "--force")
+    assert code == 0, err
+    assert "removed user-data/core-02.yaml" in out
+    assert files_under(tmp_path / "user-data") == ["core-01.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--instances", "0"], "instances must be between 1 and 32"),
+        (["--instances", "33"], "instances must be between 1 and 32"),
+        (["--instances", "three"], "'three' is not a valid integer"),
+        (["--channel", "edge"], "channel must be one of"),
+        (["--os", "rhel"], "os must be one of"),
+        (["--memory", "256"], "memory must be at least 512"),
+        (["--network", "192.168.56.0/28"], "too small"),
+        (["--metadata", "core-01"], "NODE=key=value"),
+        (["--metadata", "core-07=role=web"], "not in this lab"),
+        (["--metadata", "core-01=role=a\nb"], "metadata value"),
+        (["--bootstrap", "static", "--discovery-url", f"https://discovery.etcd.io/{TOKEN}"], "takes no"),
+        (["--bootstrap", "self-hosted"], "--discovery-endpoint"),
+        (["--discovery-url", "not a url"], "plain http"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
+def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path, args: list[str], match: str) -> None:
+    target = tmp_path / "lab"
+    code, out, err = run("init", str(target), *args)
+    assert code == 2, (out, err)
+    assert match in err
+    assert err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not target.exists()
+
+
+def test_unwritable_directory_exits_1(tmp_path: Path) -> None:
+    blocker = tmp_path / "plainfile"
+    blocker.write_text("")
+    code, _, err = run("init", str(blocker / "lab"))
+    assert code == 1
+    assert err.startswith("error: cannot ")
+    assert len(err.strip().splitlines()) == 1
+    assert files_under(tmp_path) == ["plainfile"]
+
+
+def test_discovery_failure_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "lab"
+    code, _, err = run("init", str(target), "--bootstrap", "discovery", env={SERVICE_ENV: refused_url()})
+    assert code == 1
+    assert "Connection refused" in err
+    assert "--bootstrap static" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not target.exists()
+
+
+def test_discovery_token_from_env_service(tmp_path: Path, service: FakeService) -> None:  # noqa: F811
+    service.script(Reply(body=f"{service.url}/{TOKEN}"))
+    target = tmp_path / "lab"
+    code, _, err = run("init", str(target), "--bootstrap", "discovery", env={SERVICE_ENV: service.url})
+    assert code == 0, err
+    assert load(target).discovery_url == f"{service.url}/{TOKEN}"
+    # render never fetches again: the service would now answer garbage
+    service.script(Reply(body="<html>"))
+    code, _, err = run("render", "--lab", str(target))
+    assert code == 0, err
+    assert len(service.requests) == 1
+    assert f"{service.url}/{TOKEN}" in (target / "user-data" / "core-02.yaml").read_text()
+
+
+def test_discovery_url_is_reused_without_network(tmp_path: Path) -> None:
+    url = f"https://discovery.etcd.io/{TOKEN}"
+    code, _, err = run("init", str(tmp_path), "--discovery-url", url, env={SERVICE_ENV: refused_url()})
+    assert code == 0, err
+    cfg = load(tmp_path)
+    assert cfg.bootstrap == "discovery"
+    assert cfg.discovery_url == url
+
+
+def test_coreos_warns(tmp_path: Path) -> None:
+    code, _, err = run("init", str(tmp_path), "--os", "coreos")
+    assert code == 0
+    assert err.startswith("warning: CoreOS Container Linux reached end of life")
+
+
+def test_hostile_metadata_is_escaped(tmp_path: Path) -> None:
+    value = "x'\"$(reboot)`id`#{system(1)}\\"
+    code, _, err = run("init", str(tmp_path), "--os", "coreos", "--metadata", f"core-02=note={value}")
+    assert code == 0, err
+    doc = yaml.safe_load((tmp_path / "user-data" / "core-02.yaml").read_text())
+    assert doc["write_files"][0]["content"] == f"note={value}\n"
+    assert doc["coreos"]["fleet"]["metadata"] == f"note={value}"
+    assert load(tmp_path).metadata["core-02"]["note"] == value
+
+
+def test_render_after_edit(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path))[0] == 0
+    toml_path = tmp_path / CONFIG_NAME
+    toml_path.write_text(toml_path.read_text().replace("instances = 3", "instances = 4"))
+    code, out, err = run("render", "--lab", str(tmp_path), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert len(data["nodes"]) == 4
+    assert str(tmp_path / "user-data" / "core-04.yaml") in data["written"]
+    assert str(tmp_path / CONFIG_NAME) not in data["written"]
+    assert "ETCD_NAME=core-04" in (tmp_path / "user-data" / "core-04.yaml").read_text()
+
+
+def test_render_without_lab_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COREOS_LAB_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("render")
+    assert code == 2
+    assert "coreos-lab init" in err
+
+
+def test_render_bad_toml_exits_2(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path))[0] == 0
+    (tmp_path / CONFIG_NAME).write_text("memory = 100\n")
+    code, _, err = run("render", "--lab", str(tmp_path))
+    assert code == 2
+    assert "memory must be at least 512" in err
+
+
+# ---------------------------------------------------------------- the installed console script
+
+
+def script(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT.exists(), f"console script missing: {SCRIPT}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COREOS_LAB_")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_console_script_init_and_render(tmp_path: Path) -> None:
+    proc = script("init", "mylab", "--instances", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Next: cd mylab && vagrant up" in proc.stdout
+    proc = script("render", cwd=tmp_path / "mylab" / "user-data")
+    assert proc.returncode == 0, proc.stderr
+    assert "Rendered lab" in proc.stdout
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    proc = script("init", "lab", "--instances", "0", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "error: instances must be between 1 and 32, got 0\n"
+    proc = script("init", "lab", "--bootstrap", "discovery", cwd=tmp_path, env_extra={SERVICE_ENV: refused_url()})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: discovery service http://127.0.0.1:")
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
