@@ -244,7 +244,8 @@ def _xf(body: str, name: str = "u.service") -> XFleet:
 
 def test_xfleet_of_captured_units():
     g = XFleet.from_unit(UnitFile.parse((FIXTURES / "unitfiles/global.service").read_text(), name="global.service"))
-    assert g.global_ and not g.is_constrained
+    assert g.global_
+    assert not g.is_constrained
     o = XFleet.from_unit(
         UnitFile.parse((FIXTURES / "unitfiles/oneshot@.service").read_text(), name="oneshot@1.service")
     )
