@@ -510,10 +510,13 @@ def _serve_main(directory: Path, key: str) -> int:
     if os.fork() != 0:
         os._exit(0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mux[%(process)d] %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
     log.info("serving %s for nodes %s (idle %gs)", server.socket_path, ", ".join(server.targets), server.idle)
     try:
         server.serve_forever()
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / f"mux-{key}.json")
         log.info("exiting")
     return 0
 

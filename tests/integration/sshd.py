@@ -148,9 +148,9 @@ class Sshd:
             time.sleep(0.02)
         return False
 
-    def session_pids(self) -> list[int]:
-        """PIDs of the per-connection sshd processes (direct children of the listener)."""
-        pids = []
+    @staticmethod
+    def _children_map() -> dict[int, list[int]]:
+        children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -159,17 +159,48 @@ class Sshd:
             except OSError:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.pid:
-                pids.append(int(entry))
-        return pids
+            children.setdefault(ppid, []).append(int(entry))
+        return children
+
+    def session_pids(self) -> list[int]:
+        """PIDs of the per-connection sshd processes (direct children of the listener)."""
+        return self._children_map().get(self.pid, [])
+
+    def _subtree(self, roots: list[int]) -> list[int]:
+        children = self._children_map()
+        out: list[int] = []
+        todo = list(roots)
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+        return out
+
+    def kill_commands(self, needle: str) -> int:
+        """SIGKILL the commands (descendants of this server) whose command line contains ``needle``."""
+        killed = 0
+        for pid in self._subtree(self.session_pids()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if needle in cmdline and pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed += 1
+        return killed
 
     def kill_sessions(self) -> int:
-        """SIGKILL every per-connection process: the client's connection drops. Returns how many."""
-        pids = self.session_pids()
-        for pid in pids:
+        """SIGKILL every connection (and the commands it runs): clients see the connection drop.
+
+        Returns how many connections were killed. The whole subtree is collected before killing so no
+        command is left running as an orphan.
+        """
+        sessions = self.session_pids()
+        for pid in self._subtree(sessions):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return len(pids)
+        return len(sessions)
 
     def stop(self, *, remove: bool = True) -> None:
         """Stop the listener and its session processes, by PID; remove the directory."""
