@@ -379,7 +379,7 @@ class EtcdClient:
                 db_size=_int(data.get("dbSize")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
-            raise self._fail("/maintenance/status", f"unexpected answer: {exc}") from exc
+            raise self._fail(self.api_prefix() + "/maintenance/status", f"unexpected answer: {exc}") from exc
 
     def member_list(self) -> list[Member]:
         """The cluster's members as this endpoint knows them."""
@@ -396,7 +396,7 @@ class EtcdClient:
                 for m in data.get("members") or ()
             ]
         except (TypeError, ValueError, AttributeError) as exc:
-            raise self._fail("/cluster/member/list", f"unexpected answer: {exc}") from exc
+            raise self._fail(self.api_prefix() + "/cluster/member/list", f"unexpected answer: {exc}") from exc
 
     # -- v3 keys ---------------------------------------------------------------------------------------
 
@@ -423,7 +423,7 @@ class EtcdClient:
         try:
             return _int(data.get("deleted"))
         except (TypeError, ValueError) as exc:
-            raise self._fail("/kv/deleterange", f"unexpected answer: {exc}") from exc
+            raise self._fail(self.api_prefix() + "/kv/deleterange", f"unexpected answer: {exc}") from exc
 
     def txn_put_if(self, key: Bytesish, value: Bytesish, *, expect_mod_revision: int | None) -> bool:
         """Compare-and-swap: write only if the key's mod_revision is ``expect_mod_revision``.
@@ -446,7 +446,7 @@ class EtcdClient:
         data = self._v3("/kv/txn", {"compare": [compare], "success": [dict(request)], "failure": []})
         succeeded = data.get("succeeded", False)  # the gateway omits false booleans
         if not isinstance(succeeded, bool):
-            raise self._fail("/kv/txn", f"unexpected 'succeeded' value {succeeded!r}")
+            raise self._fail(self.api_prefix() + "/kv/txn", f"unexpected 'succeeded' value {succeeded!r}")
         return succeeded
 
     def _range(self, body: Mapping[str, Any]) -> list[KV]:
@@ -454,13 +454,13 @@ class EtcdClient:
         try:
             return [_kv(item) for item in data.get("kvs") or ()]
         except (TypeError, ValueError, AttributeError) as exc:
-            raise self._fail("/kv/range", f"unexpected answer: {exc}") from exc
+            raise self._fail(self.api_prefix() + "/kv/range", f"unexpected answer: {exc}") from exc
 
     def _revision(self, data: Mapping[str, Any], endpoint: str) -> int:
         try:
             return _int((data.get("header") or {}).get("revision"))
         except (TypeError, ValueError, AttributeError) as exc:
-            raise self._fail(endpoint, f"unexpected answer: {exc}") from exc
+            raise self._fail(self.api_prefix() + endpoint, f"unexpected answer: {exc}") from exc
 
     def watch(
         self,
