@@ -8,13 +8,19 @@
 The lab's network is a random 127.x.y.0/24, so the rendered node IPs (127.x.y.101..) are loopback addresses.
 The only change made to the rendered environment: the shared ``http://127.0.0.1:2379`` client listener (one
 per VM in a real lab) becomes a free port per member, since here all members share one loopback.
+
+The rendered ports 2379/2380 are fixed, and another test's etcd may hold them on 0.0.0.0; so where we may
+(root, ``unshare``), each cluster scenario runs in a private network namespace of its own (only ``lo``),
+via ``python -m tests.integration.test_discovery_real SCENARIO DIR``, which prints a JSON summary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,7 +103,7 @@ def rendered_cluster(lab: Path, nodes: list[str], workdir: Path) -> Iterator[lis
             time.sleep(0.3)
         if not all(m.healthy() for m in members):
             tails = {m.name: m.log.read_text(errors="replace")[-600:] for m in members}
-            pytest.fail(f"rendered etcd members did not become healthy: {tails}")
+            raise AssertionError(f"rendered etcd members did not become healthy: {tails}")
         yield members
     finally:
         for member in members:
@@ -128,6 +134,62 @@ def members_of(url: str) -> list[str]:
     return sorted(m["name"] for m in data["members"])
 
 
+NODES = ["core-01", "core-02", "core-03"]
+
+
+def scenario_self_hosted(workdir: Path) -> dict[str, object]:
+    """A discovery etcd, ``coreos-lab init --bootstrap self-hosted``, then 3 members from the rendered drop-ins."""
+    with EtcdCluster(1) as disco:
+        endpoint = disco.members[0].url
+        proc = coreos_lab(
+            "init", "lab", "--bootstrap", "self-hosted", "--discovery-endpoint", endpoint,
+            "--network", loopback_network(), "--json", cwd=workdir,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        lab = workdir / "lab"
+        url = json.loads(proc.stdout)["discovery_url"]
+        with rendered_cluster(lab, NODES, workdir) as members:
+            registered = requests.get(url, timeout=5).json()["node"]["nodes"]
+            return {
+                "endpoint": endpoint,
+                "discovery_url": url,
+                "toml": (lab / "coreos-lab.toml").read_text(),
+                "rendered_discovery": rendered_env(lab, "core-02")["ETCD_DISCOVERY"],
+                "members": members_of(members[0].local_url),
+                "registered": len([n for n in registered if not n["key"].endswith("_config")]),
+            }
+
+
+def scenario_static(workdir: Path) -> dict[str, object]:
+    """``coreos-lab init`` (static), then 3 members from the rendered drop-ins; write on one, read on another."""
+    proc = coreos_lab("init", "lab", "--network", loopback_network(), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    with rendered_cluster(workdir / "lab", NODES, workdir) as members:
+        put = requests.put(members[0].local_url + "/v2/keys/coreos-lab/probe", data={"value": "ok"}, timeout=5)
+        got = requests.get(members[1].local_url + "/v2/keys/coreos-lab/probe?quorum=true", timeout=5)
+        return {"members": members_of(members[2].local_url), "put": put.status_code, "got": got.json()["node"]["value"]}
+
+
+SCENARIOS = {"self-hosted": scenario_self_hosted, "static": scenario_static}
+
+
+def run_isolated(name: str, workdir: Path) -> dict[str, object]:
+    """Run a scenario in a private network namespace when we can make one, else in this one."""
+    require_binary("etcd")
+    unshare, ip = shutil.which("unshare"), shutil.which("ip") or "/usr/sbin/ip"
+    if os.geteuid() != 0 or unshare is None or not Path(ip).exists():
+        return SCENARIOS[name](workdir)
+    repo = Path(__file__).resolve().parents[2]
+    inner = f"{ip} link set lo up && exec {sys.executable} -m tests.integration.test_discovery_real {name} {workdir}"
+    proc = subprocess.run(
+        [unshare, "--net", "--", "sh", "-c", inner],
+        cwd=repo, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"scenario {name} failed: {proc.stderr[-3000:]}"
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def test_create_self_hosted_on_real_etcd(discovery_etcd: EtcdMember) -> None:
     url = create_self_hosted(discovery_etcd.url, 3)
     assert url.startswith(f"{discovery_etcd.url}/v2/keys/discovery/")
@@ -135,43 +197,20 @@ def test_create_self_hosted_on_real_etcd(discovery_etcd: EtcdMember) -> None:
     assert size == "3"
 
 
-def test_self_hosted_lab_boots_a_real_cluster(discovery_etcd: EtcdMember, tmp_path: Path) -> None:
-    proc = coreos_lab(
-        "init",
-        "lab",
-        "--bootstrap",
-        "self-hosted",
-        "--discovery-endpoint",
-        discovery_etcd.url,
-        "--network",
-        loopback_network(),
-        "--json",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lab = tmp_path / "lab"
-    url = yaml.safe_load(proc.stdout)["discovery_url"]
-    assert url.startswith(f"{discovery_etcd.url}/v2/keys/discovery/")
-    assert f'discovery_url = "{url}"' in (lab / "coreos-lab.toml").read_text()
-    assert rendered_env(lab, "core-02")["ETCD_DISCOVERY"] == url
-    with rendered_cluster(lab, ["core-01", "core-02", "core-03"], tmp_path) as members:
-        assert members_of(members[0].local_url) == ["core-01", "core-02", "core-03"]
-        # v2 is on (fleet needs it), and the token now lists the three members.
-        registered = requests.get(url, timeout=5).json()["node"]["nodes"]
-        assert len([n for n in registered if not n["key"].endswith("_config")]) == 3
+def test_self_hosted_lab_boots_a_real_cluster(tmp_path: Path) -> None:
+    result = run_isolated("self-hosted", tmp_path)
+    url = str(result["discovery_url"])
+    assert url.startswith(f"{result['endpoint']}/v2/keys/discovery/")
+    assert f'discovery_url = "{url}"' in str(result["toml"])
+    assert result["rendered_discovery"] == url
+    assert result["members"] == NODES
+    # the token lists the three members that joined through it
+    assert result["registered"] == 3
 
 
 def test_static_lab_boots_a_real_cluster(tmp_path: Path) -> None:
-    require_binary("etcd")
-    proc = coreos_lab("init", "lab", "--network", loopback_network(), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lab = tmp_path / "lab"
-    with rendered_cluster(lab, ["core-01", "core-02", "core-03"], tmp_path) as members:
-        assert members_of(members[2].local_url) == ["core-01", "core-02", "core-03"]
-        put = requests.put(members[0].local_url + "/v2/keys/coreos-lab/probe", data={"value": "ok"}, timeout=5)
-        assert put.status_code == 201
-        got = requests.get(members[1].local_url + "/v2/keys/coreos-lab/probe?quorum=true", timeout=5)
-        assert got.json()["node"]["value"] == "ok"
+    result = run_isolated("static", tmp_path)
+    assert result == {"members": NODES, "put": 201, "got": "ok"}
 
 
 class NoV2Member(EtcdMember):
@@ -198,3 +237,7 @@ def test_etcd_without_v2_is_a_clear_error(tmp_path: Path) -> None:
         assert not (tmp_path / "lab").exists()
     finally:
         member.stop()
+
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))))
