@@ -44,10 +44,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coreos_lab.errors import CommandTimeout
 from coreos_lab.runner import Cmd, CommandResult, render_cmd
 from tests.nspawn import rootfs as rootfs_mod
+
+if TYPE_CHECKING:
+    from coreos_lab.sshconfig import SSHTarget
 
 SUBNET = "10.213.0"  # only inside the rig's own network namespace
 BRIDGE = "br-lab"
@@ -319,6 +323,32 @@ class NspawnRig:
         if self.etcd:
             self._wait_etcd(started + self.boot_timeout)
         self.boot_seconds = time.monotonic() - started
+
+    def ssh_target(self, node: Node) -> SSHTarget:
+        """How coreos-lab's SSHRunner reaches ``node``: the loopback forward, the rig's key, strict host keys."""
+        from coreos_lab.sshconfig import SSHTarget
+
+        return SSHTarget(
+            node.name,
+            "127.0.0.1",
+            node.ssh_port,
+            self.user,
+            identity_files=(str(self.key_path),),
+            user_known_hosts_file=str(self.known_hosts_path),
+            strict_host_key_checking="yes",
+            identities_only=True,
+        )
+
+    def ssh_config(self) -> str:
+        """An OpenSSH client config (``Host core-01`` ...) for ``ssh -F``, inventories and testinfra."""
+        blocks = []
+        for node in self.nodes:
+            blocks.append(
+                f"Host {node.name}\n  HostName 127.0.0.1\n  Port {node.ssh_port}\n  User {self.user}\n"
+                f"  IdentityFile {self.key_path}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {self.known_hosts_path}\n  StrictHostKeyChecking yes\n"
+            )
+        return "\n".join(blocks)
 
     def _make_netns(self) -> None:
         if Path(self.netns_path).exists():  # left over by a crashed run of a process with our PID
