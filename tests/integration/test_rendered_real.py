@@ -1,0 +1,248 @@
+"""Rendered labs against the real tools: `ruby -c`, `ruby -e`, `vagrant validate`, `vagrant status`.
+
+Vagrant runs with a temp VAGRANT_HOME, checkpoint off, VAGRANT_DEFAULT_PROVIDER=libvirt (this machine has
+vagrant-libvirt and no VirtualBox) and, where we may (root + unshare), in a network namespace with no
+network at all: validating a lab must never download anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coreos_lab.config import LabConfig
+from coreos_lab.render import init_lab, render_existing, ruby_str
+from tests.conftest import require, require_binary
+from tests.unit.test_render import HOSTILE, MATRIX, lab
+
+pytestmark = pytest.mark.integration
+
+
+def _offline_prefix() -> list[str]:
+    unshare = shutil.which("unshare")
+    if os.geteuid() == 0 and unshare:
+        probe = subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=10, check=False)
+        if probe.returncode == 0:
+            return [unshare, "--net", "--"]
+    return []
+
+
+OFFLINE = _offline_prefix()
+
+
+def vagrant(
+    lab_dir: Path, *args: str, home: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    binary = require_binary("vagrant")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "COREOS_LAB_"))}
+    env.update(
+        VAGRANT_HOME=str(home),
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_DEFAULT_PROVIDER="libvirt",
+        VAGRANT_NO_COLOR="1",
+        **(env_extra or {}),
+    )
+    return subprocess.run(
+        [*OFFLINE, binary, *args], cwd=lab_dir, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def ruby(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    binary = require_binary("ruby")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def vagrant_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vagrant-home")
+
+
+@pytest.mark.parametrize(("os_name", "provider", "bootstrap"), MATRIX)
+def test_matrix_passes_ruby_and_vagrant(
+    os_name: str, provider: str, bootstrap: str, tmp_path: Path, vagrant_home: Path
+) -> None:
+    init_lab(tmp_path, lab(os_name, provider, bootstrap))
+    for name in ("Vagrantfile", "config.rb"):
+        proc = ruby("-c", name, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "Syntax OK"
+    proc = vagrant(tmp_path, "validate", home=vagrant_home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validated successfully" in proc.stdout
+    assert not list((vagrant_home / "boxes").glob("*")), "validate must not add a box"
+
+
+def test_validate_catches_a_broken_libvirt_block(tmp_path: Path, vagrant_home: Path) -> None:
+    # The validation above can fail: a wrong libvirt setting is reported.
+    init_lab(tmp_path, lab(provider="libvirt"))
+    vf = tmp_path / "Vagrantfile"
+    vf.write_text(vf.read_text().replace("lv.cpus = $vm_cpus", "lv.cpus = $vm_cpus\n        lv.no_such_setting = 1"))
+    proc = vagrant(tmp_path, "validate", home=vagrant_home)
+    assert proc.returncode != 0
+    assert "no_such_setting" in proc.stdout + proc.stderr
+
+
+def test_status_lists_the_configured_machines(tmp_path: Path, vagrant_home: Path) -> None:
+    init_lab(tmp_path, lab(provider="libvirt", box="coreos-lab/lab", instances=2, name_prefix="web", metadata={}))
+    proc = vagrant(tmp_path, "status", "--machine-readable", home=vagrant_home)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",") for line in proc.stdout.splitlines()]
+    states = {r[1]: r[3] for r in rows if len(r) > 3 and r[2] == "state"}
+    providers = {r[1]: r[3] for r in rows if len(r) > 3 and r[2] == "provider-name"}
+    assert states == {"web-01": "not_created", "web-02": "not_created"}
+    assert providers == {"web-01": "libvirt", "web-02": "libvirt"}
+
+
+def test_all_config_rb_features_validate(tmp_path: Path, vagrant_home: Path) -> None:
+    cfg = lab(
+        provider="libvirt",
+        box="coreos-lab/lab",
+        enable_serial_logging=True,
+        forwarded_ports={"8080": 18080},
+        expose_docker_tcp=12375,
+        vm_gui=True,
+        memory=2048,
+        cpus=2,
+    )
+    init_lab(tmp_path, cfg)
+    proc = vagrant(tmp_path, "validate", home=vagrant_home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "log" / "core-01-serial.txt").exists()
+
+
+def test_libvirt_driver_env(tmp_path: Path, vagrant_home: Path) -> None:
+    init_lab(tmp_path, lab(provider="libvirt", box="coreos-lab/lab"))
+    assert (
+        vagrant(tmp_path, "validate", home=vagrant_home, env_extra={"COREOS_LAB_LIBVIRT_DRIVER": "kvm"}).returncode == 0
+    )
+    assert (
+        vagrant(tmp_path, "validate", home=vagrant_home, env_extra={"COREOS_LAB_LIBVIRT_DRIVER": "qemu"}).returncode
+        == 0
+    )
+    proc = vagrant(tmp_path, "validate", home=vagrant_home, env_extra={"COREOS_LAB_LIBVIRT_DRIVER": "xen"})
+    assert proc.returncode != 0
+    assert "COREOS_LAB_LIBVIRT_DRIVER must be qemu or kvm" in proc.stdout + proc.stderr
+
+
+# A stand-in for Vagrant's module so plain Ruby can load the Vagrantfile's top level (config.rb, box choice,
+# IP arithmetic); `vagrant validate` above covers the configure block itself.
+HARNESS = """
+require "json"
+module Vagrant
+  def self.require_version(*) end
+  def self.configure(*) end
+  def self.has_plugin?(*) false end
+end
+load ARGV[0]
+print JSON.generate({
+  "box" => $lab_box, "box_url" => $lab_box_url, "image_version" => $image_version,
+  "guest_dir" => $guest_user_data_dir, "ips" => (1..$num_instances).map { |i| lab_node_ip(i) },
+  "num" => $num_instances, "prefix" => $instance_name_prefix, "memory" => $vm_memory, "cpus" => $vm_cpus,
+  "shared" => $shared_folders, "ports" => $forwarded_ports, "docker" => $expose_docker_tcp,
+  "serial" => $enable_serial_logging, "home" => $share_home, "gui" => $vm_gui, "cap" => $vb_cpuexecutioncap,
+})
+"""
+
+
+def load_vagrantfile(lab_dir: Path) -> dict[str, Any]:
+    proc = ruby("-e", HARNESS, str(lab_dir / "Vagrantfile"), cwd=lab_dir)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"channel": "beta"},
+            {
+                "box": "flatcar-beta",
+                "box_url": "https://beta.release.flatcar-linux.net/amd64-usr/current/flatcar_production_vagrant.json",
+                "image_version": "current",
+                "guest_dir": "/var/lib/flatcar-vagrant",
+            },
+        ),
+        (
+            {"channel": "lts", "box_version": "3975.2.1"},
+            {
+                "box": "flatcar-lts",
+                "box_url": "https://lts.release.flatcar-linux.net/amd64-usr/3975.2.1/flatcar_production_vagrant.json",
+                "image_version": "3975.2.1",
+            },
+        ),
+        ({"box": "coreos-lab/lab"}, {"box": "coreos-lab/lab", "box_url": None}),
+        ({"box": "mine", "box_url": "file:///srv/mine.json"}, {"box": "mine", "box_url": "file:///srv/mine.json"}),
+        ({"os": "coreos"}, {"box": "coreos-stable", "guest_dir": "/var/lib/coreos-vagrant"}),
+    ],
+)
+def test_box_choice(tmp_path: Path, changes: dict[str, Any], expected: dict[str, Any]) -> None:
+    init_lab(tmp_path, lab(**changes))
+    got = load_vagrantfile(tmp_path)
+    assert {k: got[k] for k in expected} == expected
+
+
+def test_vagrantfile_reads_every_config_rb_variable(tmp_path: Path) -> None:
+    cfg = lab(
+        instances=4,
+        name_prefix="n",
+        network="10.40.0.0/16",
+        metadata={},
+        memory=1536,
+        cpus=2,
+        shared_folders={"/src": "/home/core/src"},
+        forwarded_ports={"80": 8080},
+        expose_docker_tcp=2375,
+        enable_serial_logging=True,
+        share_home=True,
+        vm_gui=True,
+        vb_cpuexecutioncap=50,
+    )
+    result = init_lab(tmp_path, cfg)
+    got = load_vagrantfile(tmp_path)
+    assert got["ips"] == [n.ip for n in result.config.nodes]
+    assert (got["num"], got["prefix"], got["memory"], got["cpus"]) == (4, "n", 1536, 2)
+    assert got["shared"] == {"/src": "/home/core/src"}
+    assert got["ports"] == {"80": 8080}  # JSON turns the integer key into a string
+    assert (got["docker"], got["serial"], got["home"], got["gui"], got["cap"]) == (2375, True, True, True, 50)
+
+
+def test_ruby_str_round_trips_in_ruby(tmp_path: Path) -> None:
+    values = [*HOSTILE, "line\nbreak", "nul\x00byte", "tab\t", "#$0 #@x", "\u2028", "'single'", "%q{x}"]
+    script = "".join(f'print({ruby_str(v)}); print("\\x00\\x01")\n' for v in values)
+    (tmp_path / "t.rb").write_text(script, encoding="utf-8")
+    proc = subprocess.run(
+        [require_binary("ruby"), str(tmp_path / "t.rb")], capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(b"\x00\x01")[:-1] == [v.encode() for v in values]
+
+
+def test_config_rb_carries_hostile_paths_exactly(tmp_path: Path) -> None:
+    folders = {'/h"#{`touch pwned`}': "/g\\", "/ünï €": "#$0"}
+    init_lab(tmp_path, lab(shared_folders=folders, box='b"ox#{1}'))
+    got = load_vagrantfile(tmp_path)
+    assert got["shared"] == folders
+    assert got["box"] == 'b"ox#{1}'
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_render_after_edit_still_validates(tmp_path: Path, vagrant_home: Path) -> None:
+    init_lab(tmp_path, LabConfig(provider="libvirt", box="coreos-lab/lab"))
+    toml_path = tmp_path / "coreos-lab.toml"
+    toml_path.write_text(toml_path.read_text().replace("instances = 3", "instances = 5"))
+    render_existing(tmp_path)
+    proc = vagrant(tmp_path, "status", "--machine-readable", home=vagrant_home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(",state,not_created") == 5
+
+
+def test_offline_isolation_is_in_force() -> None:
+    # CI runs as root with unshare: the vagrant calls above ran with no network at all.
+    require(bool(OFFLINE), "vagrant validate could not be isolated from the network (needs root and unshare)")
