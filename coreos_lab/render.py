@@ -321,6 +321,7 @@ def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path,
     created_dirs: list[Path] = []
     staged: list[tuple[Path, Path]] = []
     placed: list[Path] = []
+    existed: dict[Path, bool] = {}
     try:
         targets = [_lab_path(lab_dir, f.path) for f in files]
         existed = {t: t.exists() for t in targets}

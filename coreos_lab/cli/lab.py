@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def init(
     )
     _report(result, as_json=as_json, verb="Created lab")
     if not as_json:
-        typer.echo(f"Next: cd {directory} && vagrant up")
+        typer.echo(f"Next: cd {shlex.quote(str(directory))} && vagrant up")
 
 
 def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
