@@ -294,3 +294,93 @@ def test_mux_socket_rejects_garbage(servers: list[Sshd], keys: KeyPair, runtime:
         with pytest.raises(SSHError, match="no node named 'ghost'"):
             mux.MuxRunner(client, "ghost").run("true")
         assert c.runner("core-01").run("true").ok
+
+
+# -- the CLI, as a user runs it (separate processes, so the mux really outlives each call) -----------
+def _cli(
+    inv: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("coreos-lab")
+    return subprocess.run(
+        [str(exe), *args[:1], "--inventory", str(inv), *args[1:]],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def inventory(servers: list[Sshd], keys: KeyPair, base: Path) -> Path:
+    path = base / "inventory"
+    path.write_text(_config(servers, keys))
+    return path
+
+
+def test_cli_exec_prefixes_and_fails_when_a_node_fails(inventory: Path, runtime: Path) -> None:
+    ok = _cli(inventory, "exec", "--", "echo", "out;", "echo", "err", ">&2")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "core-01 | out\ncore-02 | out\ncore-03 | out\n"
+    assert ok.stderr == "core-01 | err\ncore-02 | err\ncore-03 | err\n"
+    bad = _cli(inventory, "exec", "--node", "core-02", "--node", "core-03", "--", 'test "$(hostname)" = never')
+    assert bad.returncode == 1
+    assert bad.stdout == ""
+    assert bad.stderr == "core-02 | exit 1\ncore-03 | exit 1\n"
+    js = _cli(inventory, "exec", "--json", "-n", "core-01", "--", "exit 3")
+    assert js.returncode == 1
+    import json
+
+    (record,) = json.loads(js.stdout)
+    assert (record["node"], record["exit_code"], record["ok"], record["error"]) == ("core-01", 3, False, None)
+    unknown = _cli(inventory, "exec", "-n", "core-09", "--", "true")
+    assert unknown.returncode == 2
+    assert unknown.stderr == "error: no node named 'core-09' (nodes: core-01, core-02, core-03)\n"
+    none = _cli(inventory, "exec")
+    assert none.returncode == 2
+    assert none.stderr.startswith("error: no command given")
+
+
+def test_cli_exec_reports_a_dead_node_and_the_others(
+    inventory: Path, runtime: Path, keys: KeyPair, base: Path, servers: list[Sshd]
+) -> None:
+    extra = Sshd.start(keys, base)
+    inv = base / "inventory-dead"
+    inv.write_text(inventory.read_text() + extra.ssh_config_block("core-04", keys))
+    extra.stop()
+    for flags in ([], ["--no-persist"]):
+        out = _cli(inv, "exec", *flags, "--", "echo", "alive")
+        assert out.returncode == 1
+        assert out.stdout == "core-01 | alive\ncore-02 | alive\ncore-03 | alive\n"
+        assert out.stderr.startswith("core-04 | error: cannot connect to ")
+
+
+def test_cli_ssh_runs_a_command_with_stdin_and_exit_code(inventory: Path, runtime: Path) -> None:
+    out = _cli(inventory, "ssh", "core-02", "--", "cat; exit 4", stdin="piped\n")
+    assert (out.returncode, out.stdout) == (4, "piped\n")
+    unknown = _cli(inventory, "ssh", "core-05")
+    assert unknown.returncode == 2
+
+
+def test_cli_interactive_ssh_execs_openssh(inventory: Path, runtime: Path) -> None:
+    require_binary("ssh")
+    out = _cli(inventory, "ssh", "core-03", stdin="echo interactive-$((6*7))\n")
+    assert out.returncode == 0, out.stderr
+    assert "interactive-42" in out.stdout
+
+
+def test_cli_ssh_config_and_inventory_round_trip(inventory: Path, runtime: Path, servers: list[Sshd]) -> None:
+    from coreos_lab.sshconfig import parse_ssh_config
+
+    text = _cli(inventory, "ssh-config").stdout
+    assert parse_ssh_config(text) == parse_ssh_config(inventory.read_text())
+    one = _cli(inventory, "ssh-config", "--node", "core-02").stdout
+    assert list(parse_ssh_config(one)) == ["core-02"]
+    ini = _cli(inventory, "inventory").stdout.splitlines()
+    assert ini[0] == "[coreos]"
+    assert ini[1].startswith(f"core-01 ansible_host=127.0.0.1 ansible_port={servers[0].port} ansible_user=")
+    import json
+
+    nodes = json.loads(_cli(inventory, "inventory", "--format", "json").stdout)
+    assert [n["port"] for n in nodes] == [s.port for s in servers]
+    assert _cli(inventory, "inventory", "--format", "yaml").returncode == 2
