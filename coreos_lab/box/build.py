@@ -1,0 +1,338 @@
+"""Build the offline lab box: debootstrap -> customised rootfs -> ext4 -> qcow2 -> ``coreos-lab-<version>.box``.
+
+Two cached stages under ``~/.cache/coreos-lab/``: ``rootfs-<rootfs_key>/`` (debootstrap, the slow network
+part) and ``boxes/<box_key>/coreos-lab-<version>.box`` (+ ``.sha256``). Each is rebuilt only when its part
+of the recipe (``recipe.py``, ``files/``, ``agent.py``, this module) changes. Needs root (debootstrap,
+chroot, file ownership) and says so before doing anything.
+
+The box boots with nothing but itself: the kernel and initrd ride inside the box and its Vagrantfile points
+vagrant-libvirt at them through ``__dir__``; the disk is a bare ext4 filesystem on ``/dev/vda``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from coreos_lab.box import recipe
+from coreos_lab.errors import BoxError
+
+StepFn = Callable[[str], None]
+
+REQUIRED_TOOLS: Final = {
+    "debootstrap": "debootstrap",
+    "chroot": "coreutils",
+    "mkfs.ext4": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+}
+VAGRANT_KEY_GLOBS: Final = (
+    "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+    "/usr/share/vagrant/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/*/gems/vagrant-*/keys/vagrant.pub",
+)
+BOX_INFO: Final = "coreos-lab-box.json"
+# Units the image enables; etcd-member / etcd2 stay disabled until cloud-config says otherwise.
+ENABLE_UNITS: Final = (
+    "systemd-networkd.service",
+    "ssh.service",
+    "coreos-lab-ssh-hostkeys.service",
+    "coreos-cloudinit-vagrant-user.path",
+    "coreos-cloudinit-vagrant-user-rerun.path",
+    "coreos-cloudinit-vagrant-legacy.path",
+    "coreos-cloudinit-vagrant-legacy-rerun.path",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltBox:
+    """A finished box file and what it is."""
+
+    path: Path
+    sha256: str
+    key: str
+    version: str
+    size: int
+    cached: bool
+    seconds: float
+
+
+def check_prerequisites() -> None:
+    """Raise BoxError naming what is missing: root, debootstrap, mkfs.ext4, qemu-img, Vagrant's public key."""
+    if os.geteuid() != 0:
+        raise BoxError(
+            "building the lab box needs root (debootstrap, chroot, file ownership)",
+            hint="run it with sudo",
+        )
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise BoxError(
+            f"building the lab box needs {', '.join(missing)}",
+            hint=f"apt-get install {' '.join(missing)}",
+        )
+    vagrant_public_key()
+
+
+def vagrant_public_key() -> str:
+    """Vagrant's insecure public key as shipped by the installed vagrant (Debian or upstream package)."""
+    for pattern in VAGRANT_KEY_GLOBS:
+        for path in sorted(glob.glob(pattern), reverse=True):
+            text = Path(path).read_text(encoding="utf-8").strip()
+            if text.startswith("ssh-"):
+                return text
+    raise BoxError("cannot find Vagrant's insecure public key (keys/vagrant.pub)", hint="install vagrant")
+
+
+def box_path(key: str | None = None) -> Path:
+    """Where the box for ``key`` (default: the current recipe) is cached."""
+    key = key or recipe.box_key()
+    return recipe.cache_dir() / "boxes" / key / f"coreos-lab-{recipe.BOX_VERSION}.box"
+
+
+def build(*, force: bool = False, on_step: StepFn | None = None) -> BuiltBox:
+    """Build (or reuse) the box for the current recipe and return it."""
+    say = on_step or (lambda _msg: None)
+    start = time.monotonic()
+    key = recipe.box_key()
+    out = box_path(key)
+    sha_file = out.with_name(out.name + ".sha256")
+    if out.exists() and sha_file.exists() and not force:
+        digest = sha_file.read_text(encoding="utf-8").split()[0]
+        return BuiltBox(out, digest, key, recipe.BOX_VERSION, out.stat().st_size, True, time.monotonic() - start)
+    check_prerequisites()
+    rootfs = ensure_rootfs(force=force, on_step=say)
+    work = out.parent.with_name(out.parent.name + ".work")
+    if work.exists():
+        _rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        tree = work / "rootfs"
+        say("copying the rootfs")
+        _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
+        say("customising the image (core user, units, networkd, initramfs)")
+        customise(tree)
+        say("extracting kernel and initrd")
+        kernel, initrd = _kernel_files(tree)
+        shutil.copy2(kernel, work / "vmlinuz")
+        shutil.copy2(initrd, work / "initrd.img")
+        say(f"making a {recipe.DISK_GB} GB ext4 disk and converting it to qcow2")
+        raw = work / "disk.raw"
+        _run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "coreos-lab-root",
+                "-d",
+                str(tree),
+                str(raw),
+                f"{recipe.DISK_GB}G",
+            ]
+        )
+        _rmtree(tree)
+        _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "box.img")])
+        raw.unlink()
+        write_box_metadata(work, key)
+        say("packing the box")
+        partial = work / out.name
+        with tarfile.open(partial, "w") as tar:
+            for name in ("metadata.json", "Vagrantfile", BOX_INFO, "vmlinuz", "initrd.img", "box.img"):
+                tar.add(work / name, arcname=name)
+        digest = _sha256(partial)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, out)
+        sha_file.write_text(f"{digest}  {out.name}\n", encoding="utf-8")
+    finally:
+        _rmtree(work)
+    return BuiltBox(out, digest, key, recipe.BOX_VERSION, out.stat().st_size, False, time.monotonic() - start)
+
+
+def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path:
+    """debootstrap the recipe's rootfs into the cache, unless it is already there."""
+    say = on_step or (lambda _msg: None)
+    key = recipe.rootfs_key()
+    target = recipe.cache_dir() / f"rootfs-{key}"
+    if target.is_dir() and not force:
+        return target
+    partial = target.with_name(target.name + ".partial")
+    for stale in (partial, target):
+        if stale.exists():
+            _rmtree(stale)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    say(f"debootstrap {recipe.SUITE} ({len(recipe.packages())} packages); this takes a few minutes")
+    # No mirror argument: debootstrap's own default, never a hostname written into this repository.
+    _run(
+        [
+            "debootstrap",
+            f"--variant={recipe.VARIANT}",
+            "--include=" + ",".join(recipe.packages()),
+            recipe.SUITE,
+            str(partial),
+        ]
+    )
+    os.replace(partial, target)
+    return target
+
+
+def customise(tree: Path) -> None:
+    """Turn a debootstrapped tree into the lab image (runs as root on the build host)."""
+    _copy_files(recipe.files_dir(), tree)
+    agent = tree / "usr/bin/coreos-cloudinit"
+    shutil.copyfile(Path(__file__).with_name("agent.py"), agent)
+    agent.chmod(0o755)
+    (tree / "etc/initramfs-tools/modules").write_text("\n".join(recipe.INITRAMFS_MODULES) + "\n", encoding="utf-8")
+    (tree / "etc/hostname").write_text("coreos-lab\n", encoding="utf-8")
+    (tree / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", encoding="utf-8")
+    (tree / "etc/fstab").write_text("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n", encoding="utf-8")
+    (tree / "etc/sudoers.d/core").chmod(0o440)
+    for sub in ("var/lib/flatcar-vagrant", "var/lib/coreos-vagrant", "etc/coreos-lab"):
+        (tree / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
+    with _mounted_proc(tree):
+        _chroot(tree, ["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "core"])
+        _chroot(tree, ["passwd", "--lock", "root"])
+        _chroot(tree, ["update-initramfs", "-u", "-k", "all"])
+    ssh_dir = tree / "home/core/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(vagrant_public_key() + "\n", encoding="utf-8")
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    _chroot(tree, ["chown", "-R", "core:core", "/home/core/.ssh"])
+    # Debian enables etcd.service (single-node default, alias etcd2.service): disable and mask it so only
+    # our etcd-member / etcd2 units run, and only once cloud-config has configured them.
+    _run(["systemctl", f"--root={tree}", "disable", "etcd.service"])
+    _run(["systemctl", f"--root={tree}", "mask", "etcd.service"])
+    _run(["systemctl", f"--root={tree}", "enable", *ENABLE_UNITS])
+    # Per-node identity is made at first boot: no host keys, an empty machine-id, no etcd data.
+    for key in tree.glob("etc/ssh/ssh_host_*"):
+        key.unlink()
+    (tree / "etc/machine-id").write_text("", encoding="utf-8")
+    dbus_id = tree / "var/lib/dbus/machine-id"
+    with contextlib.suppress(FileNotFoundError):
+        dbus_id.unlink()
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
+    etcd_dir = tree / "var/lib/etcd"
+    for child in etcd_dir.iterdir() if etcd_dir.is_dir() else ():
+        _rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for child in (tree / junk).glob("*"):
+            if child.is_file():
+                child.unlink()
+    for log in (tree / "var/log").rglob("*"):
+        if log.is_file():
+            log.write_bytes(b"")
+
+
+def write_box_metadata(work: Path, key: str) -> None:
+    """metadata.json (vagrant-libvirt v1 box), the box's own Vagrantfile, and coreos-lab's box info."""
+    virtual_size = recipe.DISK_GB
+    (work / "metadata.json").write_text(
+        json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": virtual_size}) + "\n", encoding="utf-8"
+    )
+    (work / "Vagrantfile").write_text(BOX_VAGRANTFILE.replace("@CMDLINE@", recipe.KERNEL_CMDLINE), encoding="utf-8")
+    info = {"name": recipe.BOX_NAME, "version": recipe.BOX_VERSION, "key": key, "packages": list(recipe.packages())}
+    (work / BOX_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+BOX_VAGRANTFILE: Final = """\
+# coreos-lab lab box: Debian + etcd-member + a coreos-cloudinit-compatible agent, for vagrant-libvirt.
+# The kernel and initrd ship inside the box; __dir__ is this box's directory once `vagrant box add`ed.
+Vagrant.configure("2") do |config|
+  config.ssh.username = "core"
+  config.ssh.insert_key = false
+  config.vm.synced_folder ".", "/vagrant", disabled: true
+  config.vm.provider :libvirt do |libvirt|
+    libvirt.driver = "qemu"
+    libvirt.kernel = File.join(__dir__, "vmlinuz")
+    libvirt.initrd = File.join(__dir__, "initrd.img")
+    libvirt.cmd_line = "@CMDLINE@"
+    libvirt.disk_bus = "virtio"
+  end
+end
+"""
+
+
+def added_box_key(vagrant_home: Path | None = None) -> str | None:
+    """The recipe key of the box currently added as ``coreos-lab/lab`` (None when absent or foreign)."""
+    home = vagrant_home or Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
+    escaped = recipe.BOX_NAME.replace("/", "-VAGRANTSLASH-")
+    for info in sorted((home / "boxes" / escaped).glob(f"*/libvirt/{BOX_INFO}")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(info.read_text(encoding="utf-8"))
+            key = data.get("key")
+            return key if isinstance(key, str) else None
+    return None
+
+
+def _copy_files(src: Path, tree: Path) -> None:
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        dest = tree / rel
+        if path.is_dir():
+            dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        shutil.copyfile(path, dest)
+        dest.chmod(0o644)
+
+
+def _kernel_files(tree: Path) -> tuple[Path, Path]:
+    kernels = sorted(tree.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise BoxError("the rootfs has no kernel in /boot (is linux-image-amd64 in the recipe?)")
+    kernel = kernels[-1]
+    initrd = tree / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")
+    if not initrd.exists():
+        raise BoxError(f"the rootfs has no initrd for {kernel.name}")
+    return kernel, initrd
+
+
+@contextlib.contextmanager
+def _mounted_proc(tree: Path):  # type: ignore[no-untyped-def]
+    proc = tree / "proc"
+    _run(["mount", "-t", "proc", "proc", str(proc)])
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(proc)], check=False)  # noqa: S603,S607
+
+
+def _chroot(tree: Path, argv: Sequence[str]) -> None:
+    _run(["chroot", str(tree), *argv], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+
+
+def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    full_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", **(env or {}))
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env, check=False)  # noqa: S603
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise BoxError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {tail}")
+
+
+def _rmtree(path: Path) -> None:
+    # Never follow a mount left behind by an interrupted build into the host's /proc.
+    proc = path / "proc"
+    if os.path.ismount(proc):
+        subprocess.run(["umount", "-l", str(proc)], check=False)  # noqa: S603,S607
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
