@@ -107,9 +107,7 @@ def exclusion_reason(
     for peer in constraints.machine_of:
         if peer not in on_node:
             where = _targets(assignments[peer]) if peer in assignments else ()
-            return (
-                f"MachineOf={peer} ({peer} runs on {', '.join(where)})" if where else f"MachineOf={peer} (not placed)"
-            )
+            return f"MachineOf={peer} ({peer} is " + (f"on {', '.join(where)})" if where else "not placed)")
     neighbours = sorted(on_node - {unit})
     for other in neighbours:
         for pattern in constraints.conflicts:
