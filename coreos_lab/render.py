@@ -331,7 +331,7 @@ def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path,
         for tmp, target in staged:
             os.replace(tmp, target)
             placed.append(target)
-    except OSError as exc:
+    except BaseException as exc:  # any failure, Ctrl-C included, undoes this run's creations
         for tmp, target in staged:
             if target not in placed:
                 with contextlib.suppress(OSError):
@@ -343,8 +343,10 @@ def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path,
         for directory in reversed(created_dirs):
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        where = exc.filename or lab_dir
-        raise CoreosLabError(f"cannot write {where}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            where = exc.filename or lab_dir
+            raise CoreosLabError(f"cannot write {where}: {exc.strerror or exc}") from exc
+        raise
     return tuple(placed)
 
 

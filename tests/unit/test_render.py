@@ -359,3 +359,23 @@ def test_render_existing_rejects_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="instances must be between 1 and 32"):
         render_existing(tmp_path)
     assert (tmp_path / "Vagrantfile").read_bytes() == before
+
+
+def test_interrupted_write_is_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import coreos_lab.render as render_mod
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(render_mod.os, "replace", flaky_replace)
+    target = tmp_path / "lab"
+    with pytest.raises(KeyboardInterrupt):
+        init_lab(target, lab())
+    assert calls["n"] == 3
+    assert not target.exists()
