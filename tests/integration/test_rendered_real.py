@@ -246,3 +246,82 @@ def test_render_after_edit_still_validates(tmp_path: Path, vagrant_home: Path) -
 def test_offline_isolation_is_in_force() -> None:
     # CI runs as root with unshare: the vagrant calls above ran with no network at all.
     require(bool(OFFLINE), "vagrant validate could not be isolated from the network (needs root and unshare)")
+
+
+# Records every call the Vagrantfile's configure block makes (Vagrant's own objects are not loadable outside
+# vagrant), so the per-node settings can be checked one by one; `vagrant validate` checks them for real above.
+RECORDER = """
+require "json"
+class Rec
+  def initialize(path, log) @path = path; @log = log end
+  def method_missing(name, *args, **kw, &blk)
+    path = "#{@path}.#{name}"
+    @log << [path, args.map { |a| a.is_a?(Array) ? a.map(&:to_s) : a.to_s }, kw.map { |k, v| [k.to_s, v.to_s] }.to_h]
+    child = Rec.new(blk ? "#{path}(#{args.first})" : path, @log)
+    blk.call(child, child) if blk
+    child
+  end
+  def respond_to_missing?(*) true end
+end
+LOG = []
+module Vagrant
+  def self.require_version(*) end
+  def self.has_plugin?(*) false end
+  def self.configure(version) yield Rec.new("config", LOG) end
+end
+load ARGV[0]
+print JSON.generate(LOG)
+"""
+
+
+def record_vagrantfile(lab_dir: Path, env_extra: dict[str, str] | None = None) -> list[tuple[str, Any, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COREOS_LAB_")}
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [require_binary("ruby"), "-e", RECORDER, str(lab_dir / "Vagrantfile")],
+        cwd=lab_dir, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(entry) for entry in json.loads(proc.stdout)]
+
+
+@pytest.mark.parametrize(("os_name", "provider"), [("flatcar", "libvirt"), ("coreos", "virtualbox")])
+def test_configure_block_per_node(tmp_path: Path, os_name: str, provider: str) -> None:
+    result = init_lab(tmp_path, lab(os_name, provider, memory=1536, cpus=2))
+    calls = record_vagrantfile(tmp_path)
+    paths = [c[0] for c in calls]
+    guest_dir = {"flatcar": "/var/lib/flatcar-vagrant", "coreos": "/var/lib/coreos-vagrant"}[os_name]
+    assert ("config.ssh.insert_key=", ["false"], {}) in calls
+    providers = [c[1][0] for c in calls if c[0] == "config.vm.provider"]
+    assert providers[0] == provider, "the lab's provider must be listed first (Vagrant's default)"
+    for node in result.config.nodes:
+        pre = f"config.vm.define({node.name})"
+        assert (f"{pre}.vm.hostname=", [node.name], {}) in calls
+        assert (f"{pre}.vm.network", ["private_network"], {"ip": node.ip}) in calls
+        file_prov = next(c for c in calls if c[0] == f"{pre}.vm.provision" and c[1] == ["file"])
+        assert file_prov[2] == {
+            "source": str(tmp_path / "user-data" / f"{node.name}.yaml"),
+            "destination": "/tmp/vagrantfile-user-data",
+        }
+        shell_prov = next(c for c in calls if c[0] == f"{pre}.vm.provision" and c[1] == ["shell"])
+        assert shell_prov[2] == {
+            "privileged": "true",
+            "inline": f"mkdir -p {guest_dir} && mv /tmp/vagrantfile-user-data {guest_dir}/vagrantfile-user-data",
+        }
+        lv = {c[0].rsplit(".", 1)[1]: c[1] for c in calls if c[0].startswith(f"{pre}.vm.provider(libvirt).")}
+        vb = [c for c in calls if c[0].startswith(f"{pre}.vm.provider(virtualbox).")]
+        assert lv == {"driver=": ["qemu"], "memory=": ["1536"], "cpus=": ["2"]}
+        assert {c[0].rsplit(".", 1)[1] for c in vb} == {"gui=", "memory=", "cpus=", "customize"}
+        assert [c[1][0] for c in vb if c[0].endswith(".customize")] == [["modifyvm", "id", "--cpuexecutioncap", "100"]]
+    assert not [p for p in paths if ".vm.provider(libvirt)." in p and ("customize" in p or "gui" in p)]
+    assert not [p for p in paths if ".vm.provider(virtualbox)." in p and ("driver" in p or "serial" in p)]
+
+
+def test_configure_block_driver_env_and_missing_user_data(tmp_path: Path) -> None:
+    init_lab(tmp_path, lab(provider="libvirt", instances=2, metadata={}))
+    (tmp_path / "user-data" / "core-02.yaml").unlink()
+    calls = record_vagrantfile(tmp_path, {"COREOS_LAB_LIBVIRT_DRIVER": "kvm"})
+    assert ("config.vm.define(core-01).vm.provider(libvirt).driver=", ["kvm"], {}) in calls
+    assert any(c[0] == "config.vm.define(core-01).vm.provision" for c in calls)
+    # a node without a rendered user-data gets no provisioner (coreos-vagrant's behaviour), not a broken one
+    assert not any(c[0] == "config.vm.define(core-02).vm.provision" for c in calls)
