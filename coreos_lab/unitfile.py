@@ -25,15 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from coreos_lab.errors import UnitFileError
-
-# systemd's unit types (src/basic/unit-def.c). fleet v1.0.0 also knew busname and snapshot, both gone from systemd.
-UNIT_TYPES: frozenset[str] = frozenset(
-    {"service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope"}
-)
-# UNIT_NAME_MAX in systemd is 256 including the terminating NUL.
-UNIT_NAME_MAX = 255
-_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
-_INSTANCE_CHARS = re.compile(r"[A-Za-z0-9:_.\\@-]*")
+from coreos_lab.systemd import validate_unit_name as _systemd_validate_unit_name
 
 # Sections systemd itself reads. Unknown sections are ignored by systemd with a warning, which in
 # practice means a typo ([Sevice]) silently drops a whole section: we reject them. X- sections are
@@ -78,33 +70,18 @@ class UnitName:
 
 
 def validate_unit_name(name: str) -> UnitName:
-    """Check ``name`` against systemd's unit name rules; return it split, or raise UnitFileError.
+    """Check ``name`` with systemd's rules (:func:`coreos_lab.systemd.validate_unit_name`) and split it.
 
     >>> validate_unit_name("web@1.service").template
     'web@.service'
     >>> validate_unit_name("web.servce")
     Traceback (most recent call last):
     ...
-    coreos_lab.errors.UnitFileError: invalid unit name 'web.servce': unknown unit type 'servce' ...
+    coreos_lab.errors.UnitFileError: invalid unit name 'web.servce': it must end in one of ...
     """
-    if not isinstance(name, str) or not name:
-        raise UnitFileError("invalid unit name: empty")
-    shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
-    if len(name) > UNIT_NAME_MAX:
-        raise UnitFileError(f"invalid unit name {shown}: longer than {UNIT_NAME_MAX} characters")
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or not stem:
-        raise UnitFileError(f"invalid unit name {shown}: expected NAME.TYPE, e.g. myapp.service")
-    if suffix not in UNIT_TYPES:
-        known = ", ".join(sorted(UNIT_TYPES))
-        raise UnitFileError(f"invalid unit name {shown}: unknown unit type {suffix!r} (one of {known})")
+    _systemd_validate_unit_name(name)  # one rule set for the whole project; raises UnitFileError
+    stem, _, suffix = name.rpartition(".")
     prefix, at, instance = stem.partition("@")
-    if not prefix:
-        raise UnitFileError(f"invalid unit name {shown}: empty name before the suffix or '@'")
-    if not _NAME_CHARS.fullmatch(prefix):
-        raise UnitFileError(f"invalid unit name {shown}: only letters, digits and ':-_.\\' are allowed")
-    if at and not _INSTANCE_CHARS.fullmatch(instance):
-        raise UnitFileError(f"invalid unit name {shown}: instance may only use letters, digits and ':-_.\\@'")
     return UnitName(full=name, prefix=prefix, instance=instance if at else None, suffix=suffix)
 
 

@@ -35,7 +35,7 @@ def test_key_layout():
     assert name_from_key("/coreos-lab/units/web@1.service") == "web@1.service"
     with pytest.raises(EtcdError, match="not under"):
         name_from_key("/other/web.service")
-    with pytest.raises(EtcdError, match="unknown unit type"):
+    with pytest.raises(EtcdError, match="must end in one of"):
         name_from_key("/coreos-lab/units/web.txt")
     with pytest.raises(UnitFileError):
         unit_key("bad name.service")

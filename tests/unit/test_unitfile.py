@@ -198,7 +198,6 @@ def test_check_fleet_limits_refuses_long_lines():
         ("hello.service", "hello", None, "service", None),
         ("oneshot@.service", "oneshot", "", "service", "oneshot@.service"),
         ("oneshot@1.service", "oneshot", "1", "service", "oneshot@.service"),
-        ("a@b@c.socket", "a", "b@c", "socket", "a@.socket"),
         ("dev-sda1.device", "dev-sda1", None, "device", None),
         ("my_app:v1.2.timer", "my_app:v1.2", None, "timer", None),
         ("x\\x2d.mount", "x\\x2d", None, "mount", None),
@@ -215,15 +214,16 @@ def test_valid_unit_names(name, prefix, instance, suffix, template):
     ("name", "needle"),
     [
         ("", "empty"),
-        ("hello", "NAME.TYPE"),
-        (".service", "NAME.TYPE"),
-        ("hello.", "unknown unit type"),
-        ("hello.servce", "unknown unit type"),
-        ("@x.service", "empty name"),
+        ("hello", "must end in one of"),
+        (".service", "nothing before"),
+        ("hello.", "must end in one of"),
+        ("hello.servce", "must end in one of"),
+        ("@x.service", "nothing before"),
+        ("a@b@c.socket", "only letters"),
         ("he llo.service", "only letters"),
         ("héllo.service", "only letters"),
         ("a/b.service", "only letters"),
-        ("a@b c.service", "instance"),
+        ("a@b c.service", "only letters"),
         ("a" * 250 + ".service", "longer than 255"),
     ],
 )
@@ -233,7 +233,7 @@ def test_invalid_unit_names(name, needle):
 
 
 def test_parse_validates_the_name():
-    with pytest.raises(UnitFileError, match="unknown unit type"):
+    with pytest.raises(UnitFileError, match="must end in one of"):
         UnitFile.parse("[Unit]\n", name="x.txt")
 
 
