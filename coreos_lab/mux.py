@@ -16,7 +16,6 @@ This module must not import paramiko at import time: the client side is on every
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import fcntl
@@ -522,6 +521,8 @@ def _serve_main(directory: Path, key: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # only the server needs it; the client side is on every CLI call's hot path
+
     parser = argparse.ArgumentParser(prog="python -m coreos_lab.mux")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the mux (started by MuxClient, not by hand)")

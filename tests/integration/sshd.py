@@ -77,8 +77,20 @@ class Sshd:
         return (self.directory / "host_ed25519.pub").read_text().split()[1]
 
     @classmethod
-    def start(cls, keys: KeyPair, base: Path | None = None, *, port: int | None = None, timeout: float = 10.0) -> Sshd:
-        """Start sshd and wait until it answers with an SSH banner."""
+    def start(
+        cls,
+        keys: KeyPair,
+        base: Path | None = None,
+        *,
+        port: int | None = None,
+        timeout: float = 10.0,
+        user: str | None = None,
+    ) -> Sshd:
+        """Start sshd and wait until it answers with an SSH banner.
+
+        ``user`` is the login the key is authorized for (default: the current user); ``base`` and the
+        key directory must be readable by that user.
+        """
         if not os.path.exists(SSHD):
             raise FileNotFoundError(SSHD)
         # sshd refuses to start without its privilege-separation directory (normally made by systemd).
@@ -88,7 +100,7 @@ class Sshd:
         keygen(directory / "host_ed25519", "coreos-lab-test-host")
         shutil.copyfile(keys.directory / "id_ed25519.pub", directory / "authorized_keys")
         (directory / "authorized_keys").chmod(0o644)
-        user = pwd.getpwuid(os.getuid()).pw_name
+        user = user or pwd.getpwuid(os.getuid()).pw_name
         last_error = ""
         for _ in range(5):  # a free port can be taken between probing and binding; retry a few times
             chosen = port or free_port()
@@ -233,12 +245,12 @@ class Sshd:
         )
 
 
-def start_many(keys: KeyPair, count: int, base: Path | None = None) -> list[Sshd]:
+def start_many(keys: KeyPair, count: int, base: Path | None = None, *, user: str | None = None) -> list[Sshd]:
     """Start ``count`` servers (each on its own port); on any failure stop the ones started."""
     servers: list[Sshd] = []
     try:
         for _ in range(count):
-            servers.append(Sshd.start(keys, base))
+            servers.append(Sshd.start(keys, base, user=user))
     except BaseException:
         for s in servers:
             s.stop()

@@ -172,8 +172,12 @@ def test_from_lab_uses_vagrant_text(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert c.targets["core-01"].user == "core"
 
 
-def test_run_all_threads_do_not_leak() -> None:
+def test_run_all_reuses_its_threads_and_close_ends_them() -> None:
     before = threading.active_count()
-    Cluster({f"n{i}": FakeRunner(f"n{i}") for i in range(5)}).run_all("true")
+    c = Cluster({f"n{i}": FakeRunner(f"n{i}") for i in range(5)})
+    for _ in range(20):
+        c.run_all("true")
+    assert threading.active_count() <= before + 5  # one pool of at most one thread per node, reused
+    c.close()
     assert threading.active_count() <= before
     assert cluster_mod.MAX_WORKERS >= 30  # a 30-node fan-out runs in one wave
