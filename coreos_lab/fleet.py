@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -245,11 +244,16 @@ class RequestsTransport:
     def __init__(self, base_url: str, session: Any | None = None) -> None:
         import requests
 
+        from coreos_lab.unixhttp import UnixHTTPAdapter
+
         parts = urlsplit(base_url)
-        self.session = session if session is not None else requests.Session()
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # an explicit fleet endpoint must never go through an environment proxy
+        self.session = session
         if parts.scheme == "unix":
             path = parts.path or DEFAULT_SOCKET
-            self.session.mount(f"http://{self._UNIX_HOST}/", _unix_adapter(path))
+            self.session.mount(f"http://{self._UNIX_HOST}/", UnixHTTPAdapter(path))
             self.base = f"http://{self._UNIX_HOST}"
         elif parts.scheme in {"http", "https"} and parts.netloc:
             self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
@@ -267,40 +271,6 @@ class RequestsTransport:
         except requests.RequestException as exc:
             raise FleetError(f"cannot reach fleet at {self.base}: {exc.__class__.__name__}: {exc}") from None
         return HTTPAnswer(resp.status_code, resp.content)
-
-
-def _unix_adapter(path: str) -> Any:
-    """A requests adapter whose every connection goes to the unix socket at ``path``."""
-    import urllib3
-    from requests.adapters import HTTPAdapter
-
-    class UnixConnection(urllib3.connection.HTTPConnection):
-        def connect(self) -> None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            timeout = self.timeout if isinstance(self.timeout, int | float) else None
-            sock.settimeout(timeout)
-            sock.connect(path)
-            self.sock = sock
-
-    class UnixPool(urllib3.connectionpool.HTTPConnectionPool):
-        ConnectionCls = UnixConnection
-
-    class UnixAdapter(HTTPAdapter):
-        def __init__(self) -> None:
-            super().__init__()
-            self._pool = UnixPool("localhost")
-
-        def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
-            return self._pool
-
-        def get_connection(self, *args: Any, **kwargs: Any) -> Any:  # requests < 2.32
-            return self._pool
-
-        def close(self) -> None:
-            self._pool.close()
-            super().close()
-
-    return UnixAdapter()
 
 
 class RunnerTransport:
