@@ -722,3 +722,109 @@ def parse_etcd_registry(doc: object) -> FleetRegistry:
         lease = sh.obj(load("lease/engine-leader"), "lease/engine-leader")
         leader = sh.string(lease, "MachineID", "lease/engine-leader", required=False)
     return FleetRegistry(tuple(units), tuple(machines), tuple(states), contents, leader)
+
+
+# ---- fleetctl-compatible output ----------------------------------------------------------------------------------
+TAB_WIDTH = 8
+
+
+def short_machine_id(machine_id: str, full: bool = False) -> str:
+    """fleetctl's machine column: the first 8 characters plus ``...`` unless ``full``."""
+    return machine_id if full or len(machine_id) <= 8 else machine_id[:8] + "..."
+
+
+def machine_cell(machine_id: str | None, ip: str | None, full: bool = False) -> str:
+    """``3d1219c7.../127.0.0.1`` as list-units and list-unit-files print it; ``-`` when unscheduled."""
+    if not machine_id:
+        return "-"
+    return f"{short_machine_id(machine_id, full)}/{ip}" if ip else short_machine_id(machine_id, full)
+
+
+def short_hash(digest: str, full: bool = False) -> str:
+    """fleetctl's hash column: 7 characters unless ``full``."""
+    return digest if full else digest[:7]
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[str | None]], *, legend: bool = True) -> str:
+    """Render like fleetctl (Go's text/tabwriter, tab width 8, padding 1, tabs as padding).
+
+    Each column is as wide as its widest cell plus one, rounded up to a multiple of 8, and filled with tabs;
+    the last column is not padded; None or empty cells print as ``-``.
+    """
+    lines = [[c.upper() for c in columns]] if legend else []
+    lines += [[("-" if cell in (None, "") else str(cell)) for cell in row] for row in rows]
+    if not lines:
+        return ""
+    ncols = len(columns)
+    for line in lines:
+        if len(line) != ncols:
+            raise ValueError(f"row has {len(line)} cells, expected {ncols}")
+    widths = [0] * ncols
+    for line in lines:
+        for i, cell in enumerate(line[:-1]):
+            widths[i] = max(widths[i], len(cell))
+    cellw = [-(-(w + 1) // TAB_WIDTH) * TAB_WIDTH for w in widths]
+    out: list[str] = []
+    for line in lines:
+        parts = [cell + "\t" * -(-(cellw[i] - len(cell)) // TAB_WIDTH) for i, cell in enumerate(line[:-1])]
+        out.append("".join(parts) + line[-1] + "\n")
+    return "".join(out)
+
+
+def unit_state_line(name: str, state: str, machine_id: str | None = None, ip: str | None = None) -> str:
+    """fleetctl's per-unit progress line: ``Unit hello.service launched on 3d1219c7.../127.0.0.1``.
+
+    Without a machine it is ``Unit hello.service inactive``. (fleetctl v1.0.0 prints ``Unit global.service ``,
+    with an empty state, after submitting a global unit: pass ``state=""`` to reproduce that.)
+    """
+    if machine_id:
+        return f"Unit {name} {state} on {machine_cell(machine_id, ip)}"
+    return f"Unit {name} {state}"
+
+
+def _ips(machines: Sequence[FleetMachine]) -> dict[str, str]:
+    return {m.id: m.primary_ip for m in machines}
+
+
+def list_machines_table(machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True) -> str:
+    """``fleetctl list-machines`` output for ``machines``."""
+    rows = [
+        (short_machine_id(m.id, full), m.primary_ip, ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
+        for m in sorted(machines, key=lambda m: m.id)
+    ]
+    return format_table(MACHINE_COLUMNS, rows, legend=legend)
+
+
+def list_units_table(
+    states: Sequence[FleetUnitState], machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True
+) -> str:
+    """``fleetctl list-units`` output (UNIT MACHINE ACTIVE SUB) from unit states and machines."""
+    ips = _ips(machines)
+    rows = [
+        (s.name, machine_cell(s.machine_id, ips.get(s.machine_id), full), s.active_state, s.sub_state)
+        for s in sorted(states, key=lambda s: (s.name, s.machine_id))
+    ]
+    return format_table(UNIT_COLUMNS, rows, legend=legend)
+
+
+def list_unit_files_table(
+    units: Sequence[FleetUnit], machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True
+) -> str:
+    """``fleetctl list-unit-files`` output (UNIT HASH DSTATE STATE TARGET) from units and machines.
+
+    Global units show ``-`` as STATE and ``global`` as TARGET, as fleetctl does.
+    """
+    ips = _ips(machines)
+    rows = []
+    for u in sorted(units, key=lambda u: u.name):
+        is_global = is_global_unit(u)
+        target = "global" if is_global else machine_cell(u.machine_id, ips.get(u.machine_id or ""), full)
+        state = None if is_global else u.current_state
+        rows.append((u.name, short_hash(u.hash, full), u.desired_state, state, target))
+    return format_table(UNIT_FILE_COLUMNS, rows, legend=legend)
+
+
+def is_global_unit(unit: FleetUnit) -> bool:
+    """Whether fleet treats ``unit`` as global (last ``Global=`` value truthy, as fleet reads it)."""
+    values = [v for s, n, v in unit.options if s == "X-Fleet" and n == "Global"]
+    return bool(values) and values[-1].lower() in {"true", "yes", "1", "on", "t"}
