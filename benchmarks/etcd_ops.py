@@ -74,11 +74,54 @@ def etcdctl_op(wrap: list[str], endpoint: str, prefix: str) -> Callable[[int], N
     return one
 
 
+def nspawn_paths(ops: int, process_ops: int) -> list[dict[str, float | str | int]]:
+    """The same comparison against a booted container: the tunnel ends at the node's own 127.0.0.1:2379."""
+    from coreos_lab.ssh import SSHRunner
+    from tests.nspawn.rig import NspawnRig, prerequisites
+
+    missing = prerequisites()
+    if missing:
+        raise SystemExit(f"--nspawn needs: {', '.join(missing)}")
+    results = []
+    with NspawnRig(n=1) as rig:
+        node = rig.nodes[0]
+        with SSHRunner(rig.ssh_target(node)) as runner:
+            host, port = runner.forward("127.0.0.1", 2379)
+            with EtcdClient(f"http://{host}:{port}") as tunneled:
+                results.append(measure("node:http-tunnel", ops, http_op(tunneled, "/bench/node-tunnel")))
+
+            def over_runner(i: int) -> None:
+                # etcdctl per op, but on the already-open SSH connection (what `coreos-lab exec` would do)
+                key = f"/bench/node-runner/{i}"
+                base = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints=http://127.0.0.1:2379"]
+                runner.run([*base, "put", key, f"value-{i}"], timeout=30).check()
+                out = runner.run([*base, "get", "--print-value-only", key], timeout=30).check().stdout
+                if out.strip() != f"value-{i}":
+                    raise SystemExit(f"runner: read back {out!r} for {key}")
+
+            results.append(measure("node:runner+etcdctl", process_ops, over_runner))
+        ssh = [
+            "ssh", "-p", str(node.ssh_port), "-i", str(rig.key_path), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={rig.known_hosts_path}",
+            "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "LogLevel=ERROR", f"{rig.user}@127.0.0.1",
+        ]  # fmt: skip
+        results.append(
+            measure("node:ssh+etcdctl", process_ops, etcdctl_op(ssh, "http://127.0.0.1:2379", "/bench/node-ssh"))
+        )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=200, help="operations for the HTTP paths (default 200)")
     parser.add_argument("--process-ops", type=int, default=20, help="operations for the per-process paths")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--nspawn",
+        action="store_true",
+        help="also measure against a real node: an nspawn container (root; tests/nspawn/rig.py) running sshd + etcd",
+    )
     args = parser.parse_args()
     if not 1 <= args.ops <= 5000 or not 1 <= args.process_ops <= 500:
         parser.error("--ops must be 1..5000 and --process-ops 1..500")
@@ -127,23 +170,28 @@ def main() -> int:
                 finally:
                     server.stop()
 
+    if args.nspawn:
+        results += nspawn_paths(args.ops, args.process_ops)
+
     by_path = {str(r["path"]): float(r["ops_per_s"]) for r in results}
     ratios = {}
-    for fast in ("http-tunnel", "http-direct"):
-        for slow in ("ssh+etcdctl", "etcdctl"):
-            if fast in by_path and slow in by_path:
-                ratios[f"{fast} / {slow}"] = round(by_path[fast] / by_path[slow], 1)
+    pairs = [(f, s) for f in ("http-tunnel", "http-direct") for s in ("ssh+etcdctl", "etcdctl")]
+    pairs += [("node:http-tunnel", "node:ssh+etcdctl"), ("node:http-tunnel", "node:runner+etcdctl")]
+    for fast, slow in pairs:
+        if fast in by_path and slow in by_path:
+            ratios[f"{fast} / {slow}"] = round(by_path[fast] / by_path[slow], 1)
     if args.json:
         print(json.dumps({"results": results, "ratios": ratios}, indent=2))
     else:
-        print(f"{'PATH':<14}{'OPS':>6}{'SECONDS':>10}{'OPS/S':>10}   (op = put + get)")
+        print(f"{'PATH':<22}{'OPS':>6}{'SECONDS':>10}{'OPS/S':>10}   (op = put + get)")
         for r in results:
-            print(f"{r['path']!s:<14}{r['ops']!s:>6}{r['seconds']!s:>10}{r['ops_per_s']!s:>10}")
+            print(f"{r['path']!s:<22}{r['ops']!s:>6}{r['seconds']!s:>10}{r['ops_per_s']!s:>10}")
         for name, ratio in ratios.items():
             print(f"ratio {name}: {ratio}x")
-        target = ratios.get("http-tunnel / ssh+etcdctl")
-        if target is not None:
-            print(f"target http-tunnel >= 50x ssh+etcdctl: {'met' if target >= 50 else 'NOT met'} ({target}x)")
+        for name in ("http-tunnel / ssh+etcdctl", "node:http-tunnel / node:ssh+etcdctl"):
+            target = ratios.get(name)
+            if target is not None:
+                print(f"target {name} >= 50x: {'met' if target >= 50 else 'NOT met'} ({target}x)")
     return 0
 
 

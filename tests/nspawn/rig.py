@@ -142,6 +142,10 @@ class PortForward:
         except OSError:
             client.close()
             return
+        upstream.settimeout(None)
+        # A relay must not add Nagle delays: HTTP clients write headers and body separately.
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._conns.update((client, upstream))
         sel = selectors.DefaultSelector()
