@@ -34,6 +34,8 @@ KNOWN_SECTIONS: frozenset[str] = frozenset(
     {"Unit", "Install", "Service", "Socket", "Mount", "Automount", "Swap", "Timer", "Path", "Slice", "Scope"}
 )
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
+# Go's unicode.IsSpace, which go-systemd trims with (str.strip would also eat \x1c-\x1f and change hashes).
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(map(chr, range(0x2000, 0x200B)))
 # fleet's API re-parses units with go-systemd, which refuses lines of 2048 bytes or more.
 FLEET_LINE_MAX = 2048
 
@@ -156,7 +158,7 @@ class UnitFile:
             raise _err(name, 0, "unit file must be text")
         if "\x00" in text:
             raise _err(name, 0, "unit file contains a NUL byte")
-        if not text.strip():
+        if not text.strip(_GO_SPACE):
             raise _err(name, 0, "unit file is empty")
         # Only \n ends a line (str.splitlines would also split on form feeds and Unicode separators).
         parts = text.split("\n")
@@ -180,7 +182,7 @@ class UnitFile:
             raw = lines[i]
             lineno = i + 1
             body = _chomp(raw)
-            stripped = body.strip()
+            stripped = body.strip(_GO_SPACE)
             i += 1
             if not stripped or stripped[0] in "#;":
                 # Comment lines may be continued too (systemd and go-systemd both do this).
@@ -197,7 +199,7 @@ class UnitFile:
                 if not stripped.endswith("]") or stripped.count("]") != 1:
                     raise _err(name, lineno, f"malformed section header {stripped[:60]!r}")
                 sect = stripped[1:-1]
-                if not sect or sect != sect.strip() or "[" in sect:
+                if not sect or sect != sect.strip(_GO_SPACE) or "[" in sect:
                     raise _err(name, lineno, f"malformed section header {stripped[:60]!r}")
                 if sect not in KNOWN_SECTIONS and not sect.startswith("X-"):
                     known = ", ".join(sorted(KNOWN_SECTIONS))
@@ -210,7 +212,7 @@ class UnitFile:
             if cur_name is None:
                 raise _err(name, lineno, f"assignment before any [Section] header: {stripped[:60]!r}")
             key, eq, rest = body.partition("=")
-            key = key.strip()
+            key = key.strip(_GO_SPACE)
             if not eq:
                 raise _err(name, lineno, f"missing '=' in {stripped[:60]!r}")
             if not key:
@@ -227,7 +229,7 @@ class UnitFile:
                         value_parts.append("")
                     break
                 nxt = _chomp(lines[i])
-                if not nxt.strip():
+                if not nxt.strip(_GO_SPACE):
                     value_parts.append("")
                     break
                 raw += lines[i]
@@ -235,7 +237,7 @@ class UnitFile:
                 cur = nxt
                 i += 1
             value = "\n".join(value_parts)
-            value = value.strip() + "\n" if value.endswith("\n") else value.strip()
+            value = value.strip(_GO_SPACE) + "\n" if value.endswith("\n") else value.strip(_GO_SPACE)
             cur_opts.append(Option(cur_name, key, value, lineno, raw))
         close()
         if not sections:
@@ -328,13 +330,13 @@ def _check_option(opt: Option, name: str | None) -> None:
         raise _err(name, 0, f"unknown section [{opt.section}]")
     if not _KEY.fullmatch(opt.name):
         raise _err(name, 0, f"invalid key {opt.name[:60]!r} in [{opt.section}]")
-    if "\r" in opt.value or "\x00" in opt.value:
+    if "\x00" in opt.value:
         raise _err(name, 0, f"invalid character in value of {opt.name}")
     # A newline is only representable as a continuation (backslash before it).
     for piece in opt.value.split("\n")[:-1]:
         if not piece.endswith("\\"):
             raise _err(name, 0, f"value of {opt.name} has a newline without a continuation backslash")
-    if opt.value != opt.value.strip() and not opt.value.endswith("\\\n"):
+    if opt.value != opt.value.strip(_GO_SPACE) and not opt.value.endswith("\\\n"):
         raise _err(name, 0, f"value of {opt.name} has leading or trailing whitespace")
 
 

@@ -389,6 +389,12 @@ def test_garbled_unit_files_raise_only_unitfileerror(text):
     if err is None:
         unit = UnitFile.parse(text, name="g.service")
         assert unit.to_text() == text
+        # whatever parses survives fleet's option list and keeps its hash (fleet cannot hold a unit without
+        # options: its API answers 409 "options field empty")
+        if unit.options:
+            again = UnitFile.from_fleet_options(unit.to_fleet_options(), name="g.service")
+            assert again.hash == unit.hash
+            assert UnitFile.parse(again.to_text()).hash == unit.hash
         err = _error_of(XFleet.from_unit, unit)
     assert err is None or "\n" not in str(err)
 
