@@ -36,6 +36,11 @@ from coreos_lab.sshconfig import SSHTarget
 
 log = logging.getLogger(__name__)
 
+# Every command first reports its shell's PID on stderr, so a timed-out command can be stopped.
+# POSIX sh syntax: the node's login shell runs it (bash on Flatcar, sh/dash on Debian).
+_PID_MARK = b"coreos-lab-pid:"
+_PID_PREFIX = "printf 'coreos-lab-pid:%s\\n' \"$$\" >&2"
+_KILL_WAIT = 2.0
 _KNOWN_HOSTS_LOCK = threading.Lock()  # accept-new appends from several threads must not interleave
 _BUF = 65536
 
@@ -238,8 +243,10 @@ class SSHRunner:
     ) -> CommandResult:
         """Run a shell line (or an argv list, quoted) and collect its output; non-zero exit is data.
 
-        Raises CommandTimeout after ``timeout`` seconds (the channel is closed; a process that ignores
-        the hang-up may live on, on the node), SSHError when the connection fails or is lost.
+        Raises CommandTimeout after ``timeout`` seconds: the channel is closed and the command's process
+        group on the node gets SIGTERM (sshd starts each command in its own session, and the command
+        reports its PID first on stderr; that line is removed from the result). Raises SSHError when
+        the connection fails or is lost. A command killed by a signal has exit code -1.
         """
         line = render_cmd(cmd, sudo=sudo)
         limit = timeout if timeout is not None else self.default_timeout
@@ -247,14 +254,16 @@ class SSHRunner:
         deadline = start + limit
         chan = self._channel(lambda t: t.open_session(timeout=self.connect_timeout))
         try:
-            chan.exec_command(line)
-            writer = None
+            chan.exec_command(f"{_PID_PREFIX}\n{line}")
             if stdin:
-                writer = threading.Thread(target=_feed, args=(chan, stdin), daemon=True)
-                writer.start()
+                threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
             else:
                 chan.shutdown_write()
-            out, err = self._collect(chan, line, limit, deadline)
+            out, err, finished = self._collect(chan, deadline)
+            if not finished:
+                chan.close()
+                self._kill_remote(_split_pid(b"".join(err))[0])
+                raise CommandTimeout(f"{self.host}: command timed out after {limit:g}s: {line}")
             status = chan.exit_status
             if status == -1 and not self.connected:
                 self._drop()
@@ -264,16 +273,34 @@ class SSHRunner:
             raise SSHError(f"{self.host}: connection lost while running: {line}: {exc}") from None
         finally:
             chan.close()
+        _pid, stderr = _split_pid(b"".join(err))
         return CommandResult(
             host=self.host,
             cmd=line,
             exit_code=status,
             stdout=b"".join(out).decode("utf-8", "replace"),
-            stderr=b"".join(err).decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
             duration=time.monotonic() - start,
         )
 
-    def _collect(self, chan: paramiko.Channel, line: str, limit: float, deadline: float) -> tuple[list[bytes], ...]:
+    def _kill_remote(self, pid: int | None) -> None:
+        """Best effort: SIGTERM the timed-out command's process group (or the process) on the node."""
+        if pid is None or not self.connected:
+            return
+        script = f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; true"
+        try:
+            chan = self._channel(lambda t: t.open_session(timeout=self.connect_timeout))
+            try:
+                chan.exec_command(script)
+                chan.shutdown_write()
+                chan.status_event.wait(_KILL_WAIT)
+            finally:
+                chan.close()
+        except (SSHError, paramiko.SSHException, EOFError, OSError) as exc:
+            log.debug("%s: could not stop timed-out pid %s: %s", self.host, pid, exc)
+
+    def _collect(self, chan: paramiko.Channel, deadline: float) -> tuple[list[bytes], list[bytes], bool]:
+        """Read stdout/stderr until the exit status arrives; False as third value on timeout."""
         out: list[bytes] = []
         err: list[bytes] = []
         fd = chan.fileno()
@@ -286,7 +313,7 @@ class SSHRunner:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommandTimeout(f"{self.host}: command timed out after {limit:g}s: {line}")
+                return out, err, False
             # Wakes on data, EOF and close; the slice bounds how long a silently dead transport can hold us.
             select.select([fd], [], [], min(remaining, 1.0))
             if not chan.recv_ready() and not chan.recv_stderr_ready() and not self.connected:
@@ -296,14 +323,14 @@ class SSHRunner:
             if chan.status_event.wait(max(0.0, min(remaining, 1.0))):
                 break
             if remaining <= 0:
-                raise CommandTimeout(f"{self.host}: command timed out after {limit:g}s: {line}")
+                return out, err, False
             if not self.connected:
                 break
         while chan.recv_ready():
             out.append(chan.recv(_BUF))
         while chan.recv_stderr_ready():
             err.append(chan.recv_stderr(_BUF))
-        return out, err
+        return out, err, True
 
     def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
         """Write ``data`` to ``path`` atomically: SFTP to a temp name, then rename over the target.
@@ -411,6 +438,17 @@ class SSHRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _split_pid(stderr: bytes) -> tuple[int | None, bytes]:
+    """Remove the PID line our prefix printed first on stderr; return (pid, the command's stderr)."""
+    if not stderr.startswith(_PID_MARK):
+        return None, stderr
+    first, _, rest = stderr.partition(b"\n")
+    try:
+        return int(first[len(_PID_MARK) :]), rest
+    except ValueError:
+        return None, stderr
 
 
 def _sftp_channel(transport: paramiko.Transport, timeout: float) -> paramiko.Channel:

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from coreos_lab.errors import CommandFailed, CommandTimeout, HostKeyError, SSHError
+from coreos_lab.runner import Runner
 from coreos_lab.ssh import SSHRunner
 from coreos_lab.sshconfig import SSHTarget, parse_ssh_config
 from tests.conftest import require_binary, require_root
@@ -59,6 +60,7 @@ def runner(server: Sshd, keys: KeyPair) -> Iterator[SSHRunner]:
 
 
 def test_run_reuses_one_connection(runner: SSHRunner) -> None:
+    assert isinstance(runner, Runner)
     first = runner.run("echo out; echo err >&2; exit 7")
     assert (first.exit_code, first.stdout, first.stderr, first.host) == (7, "out\n", "err\n", "node")
     for _ in range(3):
@@ -91,6 +93,12 @@ def test_hostile_arguments_round_trip_literally(runner: SSHRunner) -> None:
     assert echoed.stdout == " ".join(HOSTILE[:5]) + "\n"
 
 
+def test_stderr_is_exactly_the_commands(runner: SSHRunner) -> None:
+    assert runner.run("printf 'coreos-lab-pid:1\\n' >&2").stderr == "coreos-lab-pid:1\n"
+    assert runner.run(["sh", "-c", "echo $$"]).stdout.strip().isdigit()
+    assert runner.run("exec 2>&-; echo closed").stdout == "closed\n"
+
+
 def test_stdin_large_and_binary(runner: SSHRunner) -> None:
     data = os.urandom(3 * 1024 * 1024)  # larger than the SSH window: must not deadlock
     res = runner.run("sha256sum", stdin=data).check()
@@ -105,9 +113,8 @@ def test_timeout_is_clear_and_the_runner_survives(runner: SSHRunner, server: Ssh
     with pytest.raises(CommandTimeout, match=r"node: command timed out after 1s: sleep 30"):
         runner.run("sleep 30", timeout=1)
     assert time.monotonic() - start < 2.0
-    # Known limit: the node-side process outlives the closed channel (sshd sends no hang-up without a
-    # pty); reap it here so the test leaves nothing behind.
-    server.kill_commands("sleep 30")
+    # The node-side command was stopped too (its process group got SIGTERM), not left running.
+    assert server.kill_commands("sleep 30") == 0
     assert runner.run("echo next").stdout == "next\n"
     assert runner.connect_count == 1
 

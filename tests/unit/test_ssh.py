@@ -135,3 +135,20 @@ def test_mux_runner_renders_commands_like_every_runner() -> None:
         "sudo": False,
         "data": "eA==",
     }
+
+
+def test_pid_line_is_split_from_stderr_only_when_it_is_ours() -> None:
+    from coreos_lab.ssh import _split_pid
+
+    assert _split_pid(b"coreos-lab-pid:123\nreal error\n") == (123, b"real error\n")
+    assert _split_pid(b"coreos-lab-pid:123\n") == (123, b"")
+    assert _split_pid(b"other\ncoreos-lab-pid:1\n") == (None, b"other\ncoreos-lab-pid:1\n")
+    assert _split_pid(b"coreos-lab-pid:x\n") == (None, b"coreos-lab-pid:x\n")
+    assert _split_pid(b"") == (None, b"")
+
+
+def test_runners_implement_the_protocol() -> None:
+    from coreos_lab.runner import Runner
+
+    assert isinstance(SSHRunner(SSHTarget("n", "127.0.0.1")), Runner)
+    assert isinstance(mux.MuxRunner(_FakeClient(), "n"), Runner)  # type: ignore[arg-type]
