@@ -172,17 +172,24 @@ def place(
 # ---- reconciliation ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class DesiredUnit:
-    """What the cluster should do with one unit: its constraints, target state and current target node(s)."""
+    """What the cluster should do with one unit: its constraints, target state and current target node(s).
+
+    ``hash`` is the content hash of the unit (fleet's hash); when given, and the nodes report what they have
+    installed, a node holding other content gets the unit re-installed.
+    """
 
     name: str
     constraints: XFleet = field(default_factory=XFleet)
     state: JobState = "launched"
     targets: tuple[str, ...] = ()
+    hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One step. ``schedule``/``unschedule`` change the desired-state record; the others act on ``node``."""
+    """One step. ``schedule``/``unschedule`` change the desired-state record (its targets); on ``node``,
+    ``load`` installs the unit file (and daemon-reloads), ``unload`` removes it, ``start``/``stop`` are
+    systemctl's. Plans list stops and unloads first, then record changes, then loads and starts."""
 
     kind: ActionKind
     unit: str
@@ -211,7 +218,20 @@ class Plan:
 
 
 Observed = Mapping[str, Mapping[str, str]]
-"""unit -> {node: "loaded" | "launched"} as the nodes report it (absent = not there)."""
+"""unit -> {node: "loaded" | "launched"} as the nodes report it (absent = not there); see :func:`job_state`."""
+
+
+def job_state(load_state: str, active_state: str) -> str | None:
+    """A node's systemd report as fleet's job state: None (not there), ``loaded`` or ``launched``.
+
+    ``launched`` means systemd is running it or getting there (active, activating, reloading, deactivating);
+    an installed unit that is inactive or failed is ``loaded``, so a desired-launched unit gets started again.
+    """
+    if load_state in {"", "not-found", "stub", "masked"} and active_state in {"", "inactive"}:
+        return None
+    if active_state in {"active", "activating", "reloading", "deactivating", "refreshing"}:
+        return "launched"
+    return "loaded"
 
 
 def _order(desired: Mapping[str, DesiredUnit]) -> list[str]:
@@ -286,12 +306,20 @@ def _placement_pass(
     return unplaceable
 
 
-def plan_reconcile(desired: Mapping[str, DesiredUnit], observed: Observed, nodes: Sequence[Node]) -> Plan:
+def plan_reconcile(
+    desired: Mapping[str, DesiredUnit],
+    observed: Observed,
+    nodes: Sequence[Node],
+    *,
+    hashes: Mapping[str, Mapping[str, str]] | None = None,
+) -> Plan:
     """Actions that move the cluster from ``observed`` to ``desired``.
 
     Units whose target node is gone, unhealthy or no longer eligible are rescheduled; units running where
     they are not wanted are stopped and unloaded. Node loads are recounted from the desired targets.
-    Deterministic and idempotent: after applying the plan (:func:`apply_plan`), planning again gives nothing.
+    ``hashes`` (unit -> {node: content hash installed there}) lets a changed unit be re-installed: stop if
+    running, load, start again if wanted. Deterministic and idempotent: after applying the plan
+    (:func:`apply_plan`), planning again gives nothing.
     """
     by_name = {n.name: n for n in nodes}
     work: dict[str, tuple[str, ...]] = {name: d.targets for name, d in desired.items() if d.state != "inactive"}
@@ -326,6 +354,15 @@ def plan_reconcile(desired: Mapping[str, DesiredUnit], observed: Observed, nodes
             have = seen_on.get(node, "inactive")
             if have not in _RANK:
                 have = "launched"  # unknown reports are treated as running, so they get stopped
+            installed = (hashes or {}).get(name, {}).get(node)
+            if d is not None and d.hash and installed and installed != d.hash and want != "inactive" != have:
+                why = f"content changed ({installed[:7]} -> {d.hash[:7]})"
+                if have == "launched":
+                    actions.append(Action("stop", name, node, why))
+                actions.append(Action("load", name, node, why))
+                if want == "launched":
+                    actions.append(Action("start", name, node, why))
+                continue
             why = "not wanted here" if want == "inactive" else f"desired {want}"
             if _RANK[have] == 2 and _RANK[want] < 2:
                 actions.append(Action("stop", name, node, why))
@@ -341,9 +378,15 @@ def plan_reconcile(desired: Mapping[str, DesiredUnit], observed: Observed, nodes
 
 
 def apply_plan(
-    desired: Mapping[str, DesiredUnit], observed: Observed, actions: Sequence[Action] | Plan
+    desired: Mapping[str, DesiredUnit],
+    observed: Observed,
+    actions: Sequence[Action] | Plan,
+    hashes: dict[str, dict[str, str]] | None = None,
 ) -> tuple[dict[str, DesiredUnit], dict[str, dict[str, str]]]:
-    """What ``desired`` and ``observed`` become once ``actions`` succeeded (for tests and dry runs)."""
+    """What ``desired`` and ``observed`` become once ``actions`` succeeded (for tests and dry runs).
+
+    ``hashes``, when given, is updated in place: a load installs the desired content, an unload removes it.
+    """
     new_desired = dict(desired)
     new_observed: dict[str, dict[str, str]] = {u: dict(m) for u, m in observed.items()}
     for a in actions:
@@ -359,8 +402,12 @@ def apply_plan(
             where[a.node] = "loaded"
         elif a.kind == "unload":
             where.pop(a.node, None)
+            if hashes is not None:
+                hashes.get(a.unit, {}).pop(a.node, None)
         elif a.kind == "load":
             where[a.node] = "loaded"
+            if hashes is not None and new_desired.get(a.unit) is not None:
+                hashes.setdefault(a.unit, {})[a.node] = new_desired[a.unit].hash
         elif a.kind == "start":
             where[a.node] = "launched"
         if not where:

@@ -117,7 +117,7 @@ class UnitRecord:
 
     def to_desired(self) -> DesiredUnit:
         """The scheduler's view of this record (for :func:`coreos_lab.scheduler.plan_reconcile`)."""
-        return DesiredUnit(self.name, self.constraints(), self.desired_state, self.targets)
+        return DesiredUnit(self.name, self.constraints(), self.desired_state, self.targets, self.hash)
 
     def evolve(self, **changes: Any) -> UnitRecord:
         """A copy with ``changes`` applied and the generation bumped (the revision stays: it is the CAS guard)."""

@@ -13,6 +13,7 @@ from coreos_lab.scheduler import (
     Node,
     apply_plan,
     eligibility,
+    job_state,
     place,
     plan_reconcile,
     units_by_node,
@@ -257,6 +258,41 @@ def test_replaces_displaces_the_old_unit():
     assert not plan_reconcile(d2, o2, nodes3())
 
 
+def test_changed_content_is_reinstalled_once():
+    d = {"a.service": DesiredUnit("a.service", state="launched", targets=("core-01",), hash="new")}
+    observed = {"a.service": {"core-01": "launched"}}
+    hashes = {"a.service": {"core-01": "old"}}
+    plan = plan_reconcile(d, observed, nodes3(), hashes=hashes)
+    assert [(a.kind, a.node) for a in plan] == [("stop", "core-01"), ("load", "core-01"), ("start", "core-01")]
+    assert "content changed (old -> new)" in plan.actions[0].reason
+    d2, o2 = apply_plan(d, observed, plan, hashes)
+    assert hashes == {"a.service": {"core-01": "new"}}
+    assert not plan_reconcile(d2, o2, nodes3(), hashes=hashes)
+    # a loaded (not running) unit is only re-installed; unknown installed content is left alone
+    loaded = {"a.service": DesiredUnit("a.service", state="loaded", targets=("core-01",), hash="new")}
+    plan = plan_reconcile(
+        loaded, {"a.service": {"core-01": "loaded"}}, nodes3(), hashes={"a.service": {"core-01": "x"}}
+    )
+    assert [a.kind for a in plan] == ["load"]
+    assert not plan_reconcile(loaded, {"a.service": {"core-01": "loaded"}}, nodes3(), hashes={})
+
+
+@pytest.mark.parametrize(
+    ("load", "active", "expected"),
+    [
+        ("not-found", "inactive", None),
+        ("", "", None),
+        ("loaded", "active", "launched"),
+        ("loaded", "activating", "launched"),
+        ("loaded", "inactive", "loaded"),
+        ("loaded", "failed", "loaded"),
+        ("not-found", "active", "launched"),
+    ],
+)
+def test_job_state_from_systemd(load, active, expected):
+    assert job_state(load, active) == expected
+
+
 def test_action_str():
     assert (
         str(Action("start", "a.service", "core-01", "desired launched"))
@@ -300,22 +336,24 @@ def clusters(draw):
             constraints = XFleet()
         targets = tuple(sorted(set(draw(st.lists(st.sampled_from(pool), max_size=2)))))
         state = draw(st.sampled_from(["inactive", "loaded", "launched", "launched"]))
-        desired[unit] = DesiredUnit(unit, constraints, state, targets)
+        desired[unit] = DesiredUnit(unit, constraints, state, targets, draw(st.sampled_from(["", "h1", "h2"])))
     observed = {
         u: {n: draw(st.sampled_from(["loaded", "launched"])) for n in draw(st.lists(st.sampled_from(pool), max_size=2))}
         for u in draw(st.lists(st.sampled_from([*UNIT_NAMES, "zombie.service"]), max_size=4, unique=True))
     }
-    return nodes, desired, {u: m for u, m in observed.items() if m}
+    observed = {u: m for u, m in observed.items() if m}
+    hashes = {u: {n: draw(st.sampled_from(["h1", "h2"])) for n in m} for u, m in observed.items()}
+    return nodes, desired, observed, hashes
 
 
 @settings(max_examples=300, deadline=2000)
 @given(clusters())
 def test_reconcile_is_idempotent_and_respects_constraints(cluster):
-    nodes, desired, observed = cluster
-    plan = plan_reconcile(desired, observed, nodes)
-    assert plan_reconcile(desired, observed, nodes) == plan  # deterministic
-    d2, o2 = apply_plan(desired, observed, plan)
-    again = plan_reconcile(d2, o2, nodes)
+    nodes, desired, observed, hashes = cluster
+    plan = plan_reconcile(desired, observed, nodes, hashes=hashes)
+    assert plan_reconcile(desired, observed, nodes, hashes=hashes) == plan  # deterministic
+    d2, o2 = apply_plan(desired, observed, plan, hashes)
+    again = plan_reconcile(d2, o2, nodes, hashes=hashes)
     assert list(again) == []
     by_name = {n.name: n for n in nodes}
     assignments = {u: d.targets for u, d in d2.items() if d.targets}
@@ -345,7 +383,7 @@ def test_reconcile_is_idempotent_and_respects_constraints(cluster):
 @settings(max_examples=300, deadline=1000)
 @given(clusters(), st.sampled_from(UNIT_NAMES))
 def test_place_either_picks_an_eligible_least_loaded_node_or_explains_every_node(cluster, unit):
-    nodes, desired, _ = cluster
+    nodes, desired, _, _ = cluster
     constraints = desired[unit].constraints if unit in desired else XFleet()
     assignments = {u: d.targets for u, d in desired.items() if d.targets and u != unit}
     others = {u: d.constraints for u, d in desired.items()}
