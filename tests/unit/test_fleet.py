@@ -276,7 +276,7 @@ class FakeTransport:
 
     def request(self, method: str, path: str, body: bytes | None, timeout: float) -> HTTPAnswer:
         self.calls.append((method, path, body))
-        queue = self.answers[(method, path)]
+        queue = self.answers.get((method, path)) or [HTTPAnswer(404, b'{"error":{"code":404,"message":""}}')]
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
@@ -413,7 +413,9 @@ _json = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=12,
 )
-_keys = st.sampled_from(["units", "machines", "states", "name", "options", "desiredState", "id", "metadata"])
+_keys = st.sampled_from(
+    ["units", "machines", "states", "name", "options", "desiredState", "id", "metadata", "nextPageToken"]
+)
 _shaped = st.dictionaries(_keys, _json, max_size=4)
 
 
