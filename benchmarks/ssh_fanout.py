@@ -43,11 +43,14 @@ BENCH_USER = "coreoslab-bench"
 
 
 def median_time(fn: Callable[[], object], iterations: int) -> float:
+    """Median wall time of ``fn`` (the machine is shared: the median shrugs off a neighbour's burst)."""
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    if os.environ.get("BENCH_VERBOSE"):
+        print("  " + " ".join(f"{t * 1000:.1f}" for t in times), file=sys.stderr)
     return statistics.median(times)
 
 
@@ -196,6 +199,10 @@ def main() -> int:
 
                 os.environ["XDG_RUNTIME_DIR"] = str(runtime)
                 MuxClient(inv.read_text(), idle=120).shutdown()
+            # Stop the servers (and their sessions running as the login user) before userdel.
+            for s in servers:
+                s.stop()
+            servers = []
     finally:
         for s in servers:
             s.stop()
