@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, cast
 
@@ -305,6 +305,65 @@ def update_record(
         if stored is not None:
             return stored
     raise EtcdError(f"could not update {unit_key(name)}: {attempts} concurrent writers got there first")
+
+
+class _StoredKV(Protocol):
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+    @property
+    def mod_revision(self) -> int: ...
+
+
+class EtcdV3Like(Protocol):
+    """The part of :class:`coreos_lab.etcd.EtcdClient` that :class:`EtcdKV` needs (structural, no import)."""
+
+    def get(self, key: str) -> _StoredKV | None: ...
+
+    def range(self, prefix: str) -> Sequence[_StoredKV]: ...
+
+    def delete(self, key: str) -> int: ...
+
+    def txn_put_if(self, key: str, value: bytes, *, expect_mod_revision: int | None) -> bool: ...
+
+    def txn_delete_if(self, key: str, *, expect_mod_revision: int) -> bool: ...
+
+
+class EtcdKV:
+    """A :class:`KeyValueStore` over an etcd v3 client (``coreos_lab.etcd.EtcdClient``): writes are etcd
+    transactions comparing ``mod_revision`` (or ``create_revision == 0`` for "must not exist")."""
+
+    def __init__(self, client: EtcdV3Like) -> None:
+        self.client = client
+
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        kv = self.client.get(key)
+        return None if kv is None else (kv.value, kv.mod_revision)
+
+    def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
+        if not self.client.txn_put_if(key, value, expect_mod_revision=expected_revision or None):
+            return None
+        # The txn answer carries no per-key revision here; read it back. If another writer has already
+        # replaced our value, report the race as lost: the caller must re-read either way.
+        kv = self.client.get(key)
+        return kv.mod_revision if kv is not None and kv.value == value else None
+
+    def delete_if(self, key: str, expected_revision: int | None = None) -> bool:
+        if expected_revision is None:
+            return self.client.delete(key) > 0
+        return self.client.txn_delete_if(key, expect_mod_revision=expected_revision)
+
+    def list_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        out = []
+        for kv in self.client.range(prefix):
+            try:
+                out.append((kv.key.decode("utf-8"), kv.value, kv.mod_revision))
+            except UnicodeDecodeError:
+                raise EtcdError(f"etcd key under {prefix} is not UTF-8: {kv.key[:60]!r}") from None
+        return sorted(out)
 
 
 class InMemoryKV:

@@ -9,18 +9,24 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
+import requests
 
-from coreos_lab.errors import FleetError
-from coreos_lab.fleet import FleetClient
+from coreos_lab.errors import EtcdError, FleetError
+from coreos_lab.etcd import EtcdClient
+from coreos_lab.fleet import FleetClient, parse_etcd_registry, parse_machines, parse_states, parse_units_page
 from coreos_lab.runner import LocalRunner
+from coreos_lab.state import PREFIX, EtcdKV, RecordStore, UnitRecord, update_record
 from coreos_lab.unitfile import UnitFile
 from tests.conftest import require_binary
-from tests.fleet_double import FIXTURES, FleetDouble, FleetState, load_api_exchanges
+from tests.fleet_double import FIXTURES, FleetDouble, FleetState, load_api_exchanges, load_etcd_dump
+from tests.integration.etcd_rig import EtcdMember, etcd_single
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+__all__ = ["etcd_single"]  # the fixture, used below
 
 CAPTURES = load_api_exchanges()
 MID = "3d1219c7c4c5404aaa1f6d2a48adfda4"
@@ -169,3 +175,92 @@ def test_unreachable_endpoint_is_a_fleet_error():
         port = s.getsockname()[1]
     with pytest.raises(FleetError, match="cannot reach fleet"):
         FleetClient(f"http://127.0.0.1:{port}", timeout=2).machines()
+
+
+# ---- fleet's etcd layout and our desired-state records, on Debian's real etcd 3.4 ---------------------------------
+def _leaves(node: dict) -> list[tuple[str, str]]:
+    if node.get("dir"):
+        return [leaf for child in node.get("nodes", []) for leaf in _leaves(child)]
+    return [(node["key"], node["value"])]
+
+
+def test_fleet_registry_read_straight_from_a_real_etcd_v2(etcd_single: EtcdMember) -> None:
+    with EtcdClient(etcd_single.url) as client:
+        for key, value in _leaves(load_etcd_dump()["node"]):
+            client.v2_set(key, value)
+    resp = requests.get(f"{etcd_single.url}/v2/keys/_coreos.com/fleet?recursive=true", timeout=10)
+    assert resp.status_code == 200
+    reg = parse_etcd_registry(resp.json())
+    api = {c.path: c for c in CAPTURES if c.path}
+    assert list(reg.units) == parse_units_page(json.loads(api["/fleet/v1/units"].body))[0]
+    assert list(reg.machines) == parse_machines(json.loads(api["/fleet/v1/machines"].body))
+    assert sorted(reg.states, key=lambda s: s.name) == parse_states(json.loads(api["/fleet/v1/state"].body))
+
+
+def test_desired_state_records_on_a_real_etcd(etcd_single: EtcdMember) -> None:
+    unit = UnitFile.parse((FIXTURES / "unitfiles/hello.service").read_text(), name="hello.service")
+    with EtcdClient(etcd_single.url) as client:
+        store = RecordStore(EtcdKV(client))
+        client.delete(PREFIX, prefix=True)
+        first = store.put(UnitRecord.new(unit, "launched", ("core-01",)), expected_revision=0)
+        assert first is not None
+        assert store.put(UnitRecord.new(unit, "launched"), expected_revision=0) is None
+        got = store.get("hello.service")
+        assert got == first
+        moved = store.put(first.evolve(targets=("core-02",)), expected_revision=first.revision)
+        assert moved is not None
+        assert moved.revision > first.revision
+        assert store.put(first.evolve(targets=("core-03",)), expected_revision=first.revision) is None
+        assert [r.targets for r in store.list()] == [("core-02",)]
+        client.put(PREFIX + "broken.service", b"{garbage")
+        with pytest.raises(EtcdError, match=r"broken\.service: invalid unit record: not JSON"):
+            store.list()
+        assert store.delete("broken.service") is True
+        assert store.delete("hello.service", expected_revision=first.revision) is False
+        assert store.delete("hello.service", expected_revision=moved.revision) is True
+        assert store.list() == []
+
+
+def test_two_concurrent_deploys_on_a_real_etcd_only_one_wins(etcd_single: EtcdMember) -> None:
+    unit = UnitFile.parse((FIXTURES / "unitfiles/hello.service").read_text(), name="race.service")
+    results: list[UnitRecord | None] = []
+    barrier = threading.Barrier(6)
+
+    def deploy(i: int) -> None:
+        with EtcdClient(etcd_single.url) as client:
+            store = RecordStore(EtcdKV(client))
+            record = UnitRecord.new(unit, "launched", (f"core-0{i}",))
+            barrier.wait(timeout=10)
+            results.append(store.put(record, expected_revision=0))
+
+    threads = [threading.Thread(target=deploy, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    winners = [r for r in results if r is not None]
+    assert len(results) == 6
+    assert len(winners) == 1
+    with EtcdClient(etcd_single.url) as client:
+        stored = RecordStore(EtcdKV(client)).get("race.service")
+        assert stored is not None
+        assert stored.targets == winners[0].targets
+
+        # and read-modify-write from several writers loses no update
+        def add(i: int) -> None:
+            with EtcdClient(etcd_single.url) as c:
+                update_record(
+                    RecordStore(EtcdKV(c)),
+                    "race.service",
+                    lambda cur: cur.evolve(targets=(*cur.targets, f"n{i}")) if cur else None,
+                    attempts=50,
+                )
+
+        adders = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+        for t in adders:
+            t.start()
+        for t in adders:
+            t.join(timeout=30)
+        final = RecordStore(EtcdKV(client)).get("race.service")
+        assert final is not None
+        assert sorted(final.targets) == sorted([*winners[0].targets, "n0", "n1", "n2", "n3"])
