@@ -18,14 +18,14 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Final
 
 import jinja2
 
 from coreos_lab import config as config_mod
-from coreos_lab import discovery
+from coreos_lab import discovery, tls
 from coreos_lab.config import CONFIG_NAME, VBOX_ALLOWED, LabConfig, NodeSpec
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 
@@ -162,12 +162,13 @@ def _environment() -> jinja2.Environment:
 
 def etcd_environment(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
     """The ``ETCD_*`` variables of ``node``'s etcd-member drop-in, in order."""
+    http = tls.scheme(cfg)
     env = [
         ("ETCD_NAME", node.name),
-        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", f"http://{node.ip}:{PEER_PORT}"),
-        ("ETCD_LISTEN_PEER_URLS", f"http://{node.ip}:{PEER_PORT}"),
-        ("ETCD_LISTEN_CLIENT_URLS", f"http://{node.ip}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT}"),
-        ("ETCD_ADVERTISE_CLIENT_URLS", f"http://{node.ip}:{CLIENT_PORT}"),
+        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", f"{http}://{node.ip}:{PEER_PORT}"),
+        ("ETCD_LISTEN_PEER_URLS", f"{http}://{node.ip}:{PEER_PORT}"),
+        ("ETCD_LISTEN_CLIENT_URLS", f"{http}://{node.ip}:{CLIENT_PORT},{http}://127.0.0.1:{CLIENT_PORT}"),
+        ("ETCD_ADVERTISE_CLIENT_URLS", f"{http}://{node.ip}:{CLIENT_PORT}"),
     ]
     if cfg.bootstrap == "static":
         env += [
@@ -179,17 +180,20 @@ def etcd_environment(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
         env.append(("ETCD_DISCOVERY", _discovery_url(cfg)))
     # fleet speaks only the v2 API, and v2 discovery needs it too.
     env.append(("ETCD_ENABLE_V2", "true"))
+    if cfg.tls:
+        env += tls.etcd_tls_environment()
     return env
 
 
 def etcd2_settings(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
     """The legacy ``coreos.etcd2`` section of ``node`` (underscore keys, which classic cloudinit also reads)."""
+    http = tls.scheme(cfg)
     conf = [
         ("name", node.name),
-        ("advertise_client_urls", f"http://{node.ip}:{CLIENT_PORT}"),
-        ("initial_advertise_peer_urls", f"http://{node.ip}:{PEER_PORT}"),
-        ("listen_client_urls", f"http://{node.ip}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT}"),
-        ("listen_peer_urls", f"http://{node.ip}:{PEER_PORT}"),
+        ("advertise_client_urls", f"{http}://{node.ip}:{CLIENT_PORT}"),
+        ("initial_advertise_peer_urls", f"{http}://{node.ip}:{PEER_PORT}"),
+        ("listen_client_urls", f"{http}://{node.ip}:{CLIENT_PORT},{http}://127.0.0.1:{CLIENT_PORT}"),
+        ("listen_peer_urls", f"{http}://{node.ip}:{PEER_PORT}"),
     ]
     if cfg.bootstrap == "static":
         conf += [
@@ -199,12 +203,15 @@ def etcd2_settings(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
         ]
     else:
         conf.append(("discovery", _discovery_url(cfg)))
+    if cfg.tls:
+        # classic cloudinit turns each key into ETCD_<KEY>, the same variables the Flatcar drop-in sets.
+        conf += [(key.removeprefix("ETCD_").lower(), value) for key, value in tls.etcd_tls_environment()]
     return conf
 
 
 def initial_cluster(cfg: LabConfig) -> str:
-    """``name=http://ip:2380,...`` for every node of the lab."""
-    return ",".join(f"{n.name}=http://{n.ip}:{PEER_PORT}" for n in cfg.nodes)
+    """``name=http://ip:2380,...`` (``https`` for a TLS lab) for every node of the lab."""
+    return ",".join(f"{n.name}={tls.scheme(cfg)}://{n.ip}:{PEER_PORT}" for n in cfg.nodes)
 
 
 def _discovery_url(cfg: LabConfig) -> str:
@@ -241,9 +248,15 @@ def lab_warnings(cfg: LabConfig) -> list[str]:
 # ---------------------------------------------------------------- rendering
 
 
-def render_lab(cfg: LabConfig) -> tuple[RenderedFile, ...]:
-    """Every rendered file of the lab except coreos-lab.toml, in memory."""
+def render_lab(cfg: LabConfig, tls_material: tls.LabTLS | None = None) -> tuple[RenderedFile, ...]:
+    """Every rendered file of the lab except coreos-lab.toml, in memory.
+
+    A TLS lab (``cfg.tls``) needs its certificates (:func:`coreos_lab.tls.generate` or :func:`~coreos_lab.tls.load`);
+    its user-data then holds private keys and is written 0600. The files under ``tls/`` are not included.
+    """
     config_mod.validate(cfg)
+    if cfg.tls and tls_material is None:
+        raise ConfigError("internal: a TLS lab renders only with its certificates (tls.generate or tls.load)")
     env = _environment()
     common = {"cfg": cfg, "header": HEADER, "user_data_dir": GUEST_USER_DATA_DIRS[cfg.os]}
     files = [
@@ -265,8 +278,11 @@ def render_lab(cfg: LabConfig) -> tuple[RenderedFile, ...]:
             fleet_metadata=fleet_metadata,
             etcd_env=etcd_environment(cfg, node) if cfg.os == "flatcar" else [],
             etcd2_conf=etcd2_settings(cfg, node) if cfg.os == "coreos" else [],
+            tls_files=tls_material.node_files(node.name) if cfg.tls and tls_material else [],
+            tls_dir=tls.NODE_TLS_DIR,
         )
-        files.append(RenderedFile(f"{USER_DATA_DIR}/{node.name}.yaml", text))
+        mode = tls.FILE_MODE if cfg.tls else 0o644  # user-data of a TLS lab carries private keys
+        files.append(RenderedFile(f"{USER_DATA_DIR}/{node.name}.yaml", text, mode))
     return tuple(files)
 
 
@@ -285,8 +301,11 @@ def _lab_path(lab_dir: Path, rel: str) -> Path:
     return lab_dir.joinpath(*parts)
 
 
-def _make_dirs(path: Path, created: list[Path]) -> None:
-    """mkdir -p, remembering each directory this run created (to remove them again on failure)."""
+def _make_dirs(path: Path, created: list[Path], private_root: Path | None = None) -> None:
+    """mkdir -p, remembering each directory this run created (to remove them again on failure).
+
+    Directories at or below ``private_root`` are created 0700 (they hold private keys).
+    """
     missing = []
     probe = path
     while not probe.exists():
@@ -297,8 +316,11 @@ def _make_dirs(path: Path, created: list[Path]) -> None:
     if probe.exists() and not probe.is_dir():
         raise CoreosLabError(f"cannot create {path}: {probe} is not a directory")
     for directory in reversed(missing):
-        directory.mkdir()
+        private = private_root is not None and (directory == private_root or private_root in directory.parents)
+        directory.mkdir(mode=tls.DIR_MODE if private else 0o777)
         created.append(directory)
+        if private:
+            os.chmod(directory, tls.DIR_MODE)  # mkdir's mode is filtered by the umask; be exact
 
 
 def _stage(target: Path, item: RenderedFile) -> Path:
@@ -326,7 +348,7 @@ def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path,
         targets = [_lab_path(lab_dir, f.path) for f in files]
         existed = {t: t.exists() for t in targets}
         for target, item in zip(targets, files, strict=True):
-            _make_dirs(target.parent, created_dirs)
+            _make_dirs(target.parent, created_dirs, lab_dir / tls.TLS_DIR)
             staged.append((_stage(target, item), target))
         for tmp, target in staged:
             os.replace(tmp, target)
@@ -423,8 +445,11 @@ def init_lab(
     if draft.bootstrap == "self-hosted" and draft.discovery_url is None and not discovery_endpoint:
         raise UsageError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
     cfg = discovery.resolve(draft, service=discovery_service, endpoint=discovery_endpoint, policy=policy)
-    files = (render_toml(cfg), *render_lab(cfg))
-    return _write(lab_dir, cfg, files)
+    material = tls.generate(cfg) if cfg.tls else None
+    files = (render_toml(cfg), *render_lab(cfg, material), *_tls_files(material))
+    result = _write(lab_dir, cfg, files)
+    tls.tighten(lab_dir)
+    return result
 
 
 def render_existing(lab_dir: Path) -> WriteResult:
@@ -432,4 +457,19 @@ def render_existing(lab_dir: Path) -> WriteResult:
     lab_dir = Path(lab_dir).absolute()
     cfg = config_mod.load(lab_dir)
     _check_user_data_dir(lab_dir)
-    return _write(lab_dir, cfg, render_lab(cfg))
+    material = tls.load(lab_dir, cfg) if cfg.tls else None
+    files = (*render_lab(cfg, material), *_tls_files(material, only_issued=True))
+    result = _write(lab_dir, cfg, files)
+    tls.tighten(lab_dir)
+    if material is not None and material.issued:
+        what = ["a new lab CA" if "ca" in material.issued else ""]
+        what += [f"certificates for {n}" for n in material.issued if n != "ca"]
+        note = f"issued {', '.join(w for w in what if w)} in {tls.TLS_DIR}/ (nodes booted earlier need a re-provision)"
+        result = replace(result, warnings=(*result.warnings, note))
+    return result
+
+
+def _tls_files(material: tls.LabTLS | None, *, only_issued: bool = False) -> list[RenderedFile]:
+    if material is None:
+        return []
+    return [RenderedFile(path, text, tls.FILE_MODE) for path, text in material.files(only_issued=only_issued)]

@@ -11,7 +11,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from coreos_lab import __version__
+from coreos_lab import __version__, secrets
 from coreos_lab.errors import CoreosLabError
 
 log = logging.getLogger("coreos_lab")
@@ -82,6 +82,7 @@ def _root(
         logging.basicConfig(level=logging.DEBUG, format="debug: %(name)s: %(message)s", stream=sys.stderr)
     else:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    secrets.install_log_masking()  # discovery tokens and private keys never reach a log line in full
 
 
 def main() -> None:

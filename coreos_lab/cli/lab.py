@@ -15,6 +15,7 @@ from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import UsageError
 from coreos_lab.render import WriteResult, init_lab, render_existing
+from coreos_lab.secrets import mask_token
 
 
 def parse_metadata(items: list[str]) -> dict[str, dict[str, str]]:
@@ -54,7 +55,9 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
             "channel": cfg.channel,
             "provider": cfg.provider,
             "bootstrap": cfg.bootstrap,
-            "discovery_url": cfg.discovery_url,
+            # The token is a secret: shortened here, in full only in coreos-lab.toml (0600).
+            "discovery_url": mask_token(cfg.discovery_url),
+            "tls": cfg.tls,
             "nodes": [{"name": n.name, "ip": n.ip, "metadata": dict(n.metadata)} for n in cfg.nodes],
             "warnings": list(result.warnings),
         }
@@ -64,7 +67,7 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     span = nodes[0].name if len(nodes) == 1 else f"{nodes[0].name}..{nodes[-1].name}"
     typer.echo(
         f"{verb} {result.lab_dir}: {len(nodes)} node(s) {span}, {cfg.os} {cfg.channel}, {cfg.provider}, "
-        f"bootstrap {cfg.bootstrap}"
+        f"bootstrap {cfg.bootstrap}" + (", etcd TLS on" if cfg.tls else "")
     )
     base = result.lab_dir.resolve()
     for path in result.written:
@@ -111,6 +114,9 @@ def init(
     metadata: list[str] = typer.Option(  # noqa: B008 - typer's way of declaring a repeatable option
         [], "--metadata", help="Node metadata NODE=key=value, repeatable (e.g. core-01=role=web)."
     ),
+    use_tls: bool = typer.Option(
+        False, "--tls", help="Create a lab CA and certificates: etcd speaks TLS with client certificates."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing lab."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -133,6 +139,7 @@ def init(
         # Unique per lab, so two static labs on one network cannot join each other's cluster.
         cluster_token=f"coreos-lab-{secrets.token_hex(4)}",
         metadata=parse_metadata(metadata),
+        tls=use_tls,
     )
     result = init_lab(
         directory,

@@ -1,0 +1,384 @@
+"""A lab's own certificate authority: etcd server, peer and client certificates for ``init --tls``.
+
+``init --tls`` creates a CA, one server and one peer certificate per node (SANs: node name, node IP,
+``127.0.0.1``, ``localhost``) and one client certificate, all with ECDSA P-256 keys. They live in the lab
+directory under ``tls/`` (directories 0700, every file 0600) and are rendered into each node's user-data;
+``render`` reuses them and only issues certificates for nodes that have none yet (saying so), so a running
+cluster never finds its CA replaced behind its back.
+
+Layout of ``<lab>/tls``::
+
+    ca.pem  ca-key.pem  client.pem  client-key.pem
+    <node>/server.pem  <node>/server-key.pem  <node>/peer.pem  <node>/peer-key.pem
+
+The etcd wiring asks :func:`client_material` for the client's files:
+
+>>> client_material(Path("/nonexistent")) is None
+True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from coreos_lab.config import LabConfig, NodeSpec
+from coreos_lab.errors import ConfigError
+
+TLS_DIR: Final = "tls"
+NODE_TLS_DIR: Final = "/etc/coreos-lab/tls"
+CA_CERT: Final = "ca.pem"
+CA_KEY: Final = "ca-key.pem"
+CLIENT_CERT: Final = "client.pem"
+CLIENT_KEY: Final = "client-key.pem"
+NODE_FILES: Final = ("server.pem", "server-key.pem", "peer.pem", "peer-key.pem")
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+CA_DAYS: Final = 3650
+LEAF_DAYS: Final = 1825
+# Backdating absorbs clock skew between the host that issues and the VMs that check.
+_BACKDATE: Final = dt.timedelta(hours=1)
+# etcd 3.4's gRPC gateway dials the member itself presenting the *server* certificate, so with
+# --client-cert-auth the server certificate needs clientAuth too; peers are both ends of every connection.
+_BOTH: Final = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+# etcdctl and fleet on the node use these (same files as the host's client certificate).
+NODE_ETCDCTL_FLAGS: Final = (
+    f"--cacert={NODE_TLS_DIR}/ca.pem --cert={NODE_TLS_DIR}/client.pem --key={NODE_TLS_DIR}/client-key.pem"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCerts:
+    """One node's PEM texts: server certificate and key (clients), peer certificate and key (members)."""
+
+    name: str
+    server_cert: str
+    server_key: str
+    peer_cert: str
+    peer_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabTLS:
+    """Everything ``init --tls`` creates, as PEM text. ``issued`` names what this run created (vs. reused)."""
+
+    ca_cert: str
+    ca_key: str
+    client_cert: str
+    client_key: str
+    nodes: Mapping[str, NodeCerts]
+    issued: tuple[str, ...] = ()
+
+    def node(self, name: str) -> NodeCerts:
+        """The certificates of node ``name``; ConfigError if there are none."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(f"no TLS certificates for node {name!r} in {TLS_DIR}/") from None
+
+    def files(self, *, only_issued: bool = False) -> list[tuple[str, str]]:
+        """``(path relative to the lab dir, PEM text)`` for every file (or only those issued by this run)."""
+        out = [
+            (f"{TLS_DIR}/{CA_CERT}", self.ca_cert),
+            (f"{TLS_DIR}/{CA_KEY}", self.ca_key),
+            (f"{TLS_DIR}/{CLIENT_CERT}", self.client_cert),
+            (f"{TLS_DIR}/{CLIENT_KEY}", self.client_key),
+        ]
+        if only_issued and "ca" not in self.issued:
+            out = []
+        for name, certs in self.nodes.items():
+            if only_issued and name not in self.issued:
+                continue
+            texts = (certs.server_cert, certs.server_key, certs.peer_cert, certs.peer_key)
+            out += [(f"{TLS_DIR}/{name}/{fname}", text) for fname, text in zip(NODE_FILES, texts, strict=True)]
+        return out
+
+    def node_files(self, name: str) -> list[tuple[str, str, str]]:
+        """``(path on the node, PEM text, octal permissions)`` written into node ``name``'s user-data."""
+        certs = self.node(name)
+        return [
+            (f"{NODE_TLS_DIR}/ca.pem", self.ca_cert, "0644"),
+            (f"{NODE_TLS_DIR}/server.pem", certs.server_cert, "0644"),
+            (f"{NODE_TLS_DIR}/server-key.pem", certs.server_key, "0600"),
+            (f"{NODE_TLS_DIR}/peer.pem", certs.peer_cert, "0644"),
+            (f"{NODE_TLS_DIR}/peer-key.pem", certs.peer_key, "0600"),
+            (f"{NODE_TLS_DIR}/client.pem", self.client_cert, "0644"),
+            (f"{NODE_TLS_DIR}/client-key.pem", self.client_key, "0600"),
+        ]
+
+
+def etcd_tls_environment() -> list[tuple[str, str]]:
+    """The ``ETCD_*`` TLS variables of a node's drop-in (paths on the node)."""
+    return [
+        ("ETCD_CERT_FILE", f"{NODE_TLS_DIR}/server.pem"),
+        ("ETCD_KEY_FILE", f"{NODE_TLS_DIR}/server-key.pem"),
+        ("ETCD_TRUSTED_CA_FILE", f"{NODE_TLS_DIR}/ca.pem"),
+        ("ETCD_CLIENT_CERT_AUTH", "true"),
+        ("ETCD_PEER_CERT_FILE", f"{NODE_TLS_DIR}/peer.pem"),
+        ("ETCD_PEER_KEY_FILE", f"{NODE_TLS_DIR}/peer-key.pem"),
+        ("ETCD_PEER_TRUSTED_CA_FILE", f"{NODE_TLS_DIR}/ca.pem"),
+        ("ETCD_PEER_CLIENT_CERT_AUTH", "true"),
+    ]
+
+
+def scheme(cfg: LabConfig) -> str:
+    """``https`` for a TLS lab, else ``http`` (etcd client and peer URLs)."""
+    return "https" if cfg.tls else "http"
+
+
+# ---------------------------------------------------------------- issuing
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+
+
+def _cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "coreos-lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _leaf_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName] | None = None,
+) -> tuple[str, str]:
+    key = _key()
+    ca_public = ca_key.public_key()
+    builder = (
+        _builder(_name(common_name), ca_cert.subject, key.public_key(), LEAF_DAYS)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return _cert_pem(cert), _key_pem(key)
+
+
+def node_sans(node: NodeSpec) -> list[x509.GeneralName]:
+    """What a node's certificates must cover: its name, its IP, and loopback (etcdctl on the node)."""
+    return [
+        x509.DNSName(node.name),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address(node.ip)),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+
+
+def _issue_node(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, node: NodeSpec) -> NodeCerts:
+    server_cert, server_key = _issue(ca_cert, ca_key, node.name, _BOTH, node_sans(node))
+    peer_cert, peer_key = _issue(ca_cert, ca_key, node.name, _BOTH, node_sans(node))
+    return NodeCerts(node.name, server_cert, server_key, peer_cert, peer_key)
+
+
+def new_ca(label: str) -> tuple[str, str]:
+    """A self-signed CA certificate and key (PEM), named after the lab's cluster token."""
+    key = _key()
+    name = _name(f"coreos-lab CA {label}")
+    cert = (
+        _builder(name, name, key.public_key(), CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return _cert_pem(cert), _key_pem(key)
+
+
+def generate(cfg: LabConfig, *, ca: tuple[str, str] | None = None) -> LabTLS:
+    """A new CA (or the given ``(cert, key)`` PEMs), a client certificate and certificates for every node."""
+    ca_cert_pem, ca_key_pem = ca or new_ca(cfg.cluster_token)
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem, TLS_DIR)
+    client_cert, client_key = _issue(ca_cert, ca_key, "coreos-lab-client", [ExtendedKeyUsageOID.CLIENT_AUTH])
+    nodes = {node.name: _issue_node(ca_cert, ca_key, node) for node in cfg.nodes}
+    issued = ("ca", *nodes) if ca is None else tuple(nodes)
+    return LabTLS(ca_cert_pem, ca_key_pem, client_cert, client_key, nodes, issued)
+
+
+# ---------------------------------------------------------------- reading back (render)
+
+
+def _load_ca(cert_pem: str, key_pem: str, where: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise ConfigError(f"{where}: the lab CA is not a PEM certificate and key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{where}: the lab CA key is not an ECDSA key")
+    if cert.public_key() != key.public_key():
+        raise ConfigError(f"{where}: {CA_CERT} and {CA_KEY} do not belong together")
+    return cert, key
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
+def _check_node_cert(pem: str, path: Path, ca_cert: x509.Certificate, node: NodeSpec) -> None:
+    """The certificate must be ours, current, and still name the node's name and IP."""
+    hint = f"remove {path.parent} and run 'coreos-lab render' to issue new certificates for {node.name}"
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ConfigError(f"{path} is not a certificate issued by this lab's CA", hint=hint) from exc
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        raise ConfigError(f"{path} expired on {cert.not_valid_after_utc:%Y-%m-%d}", hint=hint)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    names = set(sans.get_values_for_type(x509.DNSName))
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    if node.name not in names or node.ip not in ips:
+        raise ConfigError(f"{path} does not cover {node.name} at {node.ip} (the lab changed?)", hint=hint)
+
+
+def load(lab_dir: Path, cfg: LabConfig) -> LabTLS:
+    """The lab's TLS material for ``render``: reuse what exists, issue only what is missing.
+
+    - no ``tls/`` files at all (``tls = true`` was just set by hand): a new CA and everything (``issued``
+      says so, and the caller reports it);
+    - a CA exists: every node certificate present is checked (issued by this CA, not expired, naming the
+      node's name and IP) and reused; a node without certificates (the lab grew) gets new ones;
+    - anything half there (a CA certificate without its key, a node with some of its files) is an error:
+      nothing is replaced silently.
+    """
+    base = Path(lab_dir) / TLS_DIR
+    ca_cert_pem, ca_key_pem = _read(base / CA_CERT), _read(base / CA_KEY)
+    client_cert, client_key = _read(base / CLIENT_CERT), _read(base / CLIENT_KEY)
+    node_texts = {node.name: [_read(base / node.name / f) for f in NODE_FILES] for node in cfg.nodes}
+    present = [t for t in (ca_cert_pem, ca_key_pem, client_cert, client_key) if t is not None]
+    present += [t for texts in node_texts.values() for t in texts if t is not None]
+    if not present:
+        return generate(cfg)
+    hint = f"restore {base} from a backup, or remove it and re-render to create a new lab CA"
+    if ca_cert_pem is None or ca_key_pem is None or client_cert is None or client_key is None:
+        missing = [
+            n
+            for n, t in (
+                (CA_CERT, ca_cert_pem),
+                (CA_KEY, ca_key_pem),
+                (CLIENT_CERT, client_cert),
+                (CLIENT_KEY, client_key),
+            )
+            if t is None
+        ]
+        raise ConfigError(f"{base} is incomplete: {', '.join(missing)} missing", hint=hint)
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem, str(base))
+    nodes: dict[str, NodeCerts] = {}
+    issued: list[str] = []
+    for node in cfg.nodes:
+        texts = node_texts[node.name]
+        if all(t is None for t in texts):
+            nodes[node.name] = _issue_node(ca_cert, ca_key, node)
+            issued.append(node.name)
+            continue
+        if any(t is None for t in texts):
+            missing = [f for f, t in zip(NODE_FILES, texts, strict=True) if t is None]
+            raise ConfigError(
+                f"{base / node.name} is incomplete: {', '.join(missing)} missing",
+                hint=f"remove {base / node.name} and re-render to issue new certificates for {node.name}",
+            )
+        server_cert, server_key, peer_cert, peer_key = (t or "" for t in texts)
+        _check_node_cert(server_cert, base / node.name / "server.pem", ca_cert, node)
+        _check_node_cert(peer_cert, base / node.name / "peer.pem", ca_cert, node)
+        nodes[node.name] = NodeCerts(node.name, server_cert, server_key, peer_cert, peer_key)
+    return LabTLS(ca_cert_pem, ca_key_pem, client_cert, client_key, nodes, tuple(issued))
+
+
+def tighten(lab_dir: Path) -> None:
+    """Make ``tls/`` and its subdirectories 0700 (directories a user created by hand may be wider)."""
+    base = Path(lab_dir) / TLS_DIR
+    if not base.is_dir():
+        return
+    for directory in (base, *(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())):
+        os.chmod(directory, DIR_MODE)
+
+
+def client_material(lab_dir: Path) -> tuple[Path, Path, Path] | None:
+    """``(client cert, client key, CA cert)`` paths of a TLS lab, or None when the lab has no TLS files.
+
+    For :class:`coreos_lab.etcd.EtcdClient`: ``EtcdClient(url, cert=(cert, key), verify=str(ca))``.
+    """
+    base = Path(lab_dir) / TLS_DIR
+    paths = (base / CLIENT_CERT, base / CLIENT_KEY, base / CA_CERT)
+    return paths if all(p.is_file() for p in paths) else None
