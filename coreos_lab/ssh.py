@@ -35,12 +35,17 @@ from coreos_lab.runner import Cmd, CommandResult, render_cmd
 from coreos_lab.sshconfig import SSHTarget
 
 log = logging.getLogger(__name__)
+# paramiko logs at ERROR what we raise anyway as one-line SSHErrors ("Secsh channel 3 open FAILED"),
+# which would reach the CLI's stderr twice; keep it quiet unless someone configured it on purpose.
+if logging.getLogger("paramiko").level == logging.NOTSET:
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 # Every command first reports its shell's PID on stderr, so a timed-out command can be stopped.
 # POSIX sh syntax: the node's login shell runs it (bash on Flatcar, sh/dash on Debian).
 _PID_MARK = b"coreos-lab-pid:"
 _PID_PREFIX = "printf 'coreos-lab-pid:%s\\n' \"$$\" >&2"
 _KILL_WAIT = 2.0
+_MAX_SESSIONS = 8  # below OpenSSH's MaxSessions default (10): leaves room for SFTP and the kill channel
 _KNOWN_HOSTS_LOCK = threading.Lock()  # accept-new appends from several threads must not interleave
 _BUF = 65536
 
@@ -132,6 +137,7 @@ class SSHRunner:
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
         self._forwards: dict[tuple[str, str, int], _Forwarder] = {}
+        self._sessions = threading.BoundedSemaphore(_MAX_SESSIONS)
 
     @property
     def host(self) -> str:
@@ -228,6 +234,10 @@ class SSHRunner:
             transport = self._transport()
             try:
                 return opener(transport)
+            except paramiko.ChannelException as exc:
+                # The server said no to this channel (MaxSessions, forwarding disabled, nothing listening
+                # at a forward's target): the connection itself is fine and other channels keep using it.
+                raise SSHError(f"{self.host}: the server refused a channel: {exc.text or exc}") from None
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 with self._lock:
                     if self._client is not None and self._client.get_transport() is transport:
@@ -252,6 +262,17 @@ class SSHRunner:
         limit = timeout if timeout is not None else self.default_timeout
         start = time.monotonic()
         deadline = start + limit
+        # sshd allows 10 sessions per connection (MaxSessions); more concurrent calls wait their turn.
+        if not self._sessions.acquire(timeout=limit):
+            raise CommandTimeout(f"{self.host}: command timed out after {limit:g}s waiting for a free session: {line}")
+        try:
+            return self._run_session(line, limit, start, deadline, stdin)
+        finally:
+            self._sessions.release()
+
+    def _run_session(
+        self, line: str, limit: float, start: float, deadline: float, stdin: bytes | None
+    ) -> CommandResult:
         chan = self._channel(lambda t: t.open_session(timeout=self.connect_timeout))
         try:
             chan.exec_command(f"{_PID_PREFIX}\n{line}")

@@ -122,7 +122,6 @@ class Sshd:
                         "AllowTcpForwarding yes",
                         "AllowStreamLocalForwarding yes",
                         "MaxStartups 200",
-                        "MaxSessions 200",
                         "ClientAliveInterval 0",
                         "LogLevel ERROR",
                         "Subsystem sftp internal-sftp",

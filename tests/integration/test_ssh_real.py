@@ -93,6 +93,26 @@ def test_hostile_arguments_round_trip_literally(runner: SSHRunner) -> None:
     assert echoed.stdout == " ".join(HOSTILE[:5]) + "\n"
 
 
+def test_more_concurrent_commands_than_sshd_sessions(runner: SSHRunner) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(20) as pool:  # sshd's MaxSessions is 10 per connection
+        results = list(pool.map(lambda i: runner.run(f"sleep 0.2; echo {i}", timeout=20), range(20)))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(20)]
+    assert runner.connect_count == 1
+
+
+def test_refused_forward_target_keeps_the_connection(runner: SSHRunner) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens there
+    runner.connect()
+    with pytest.raises(SSHError, match="the server refused a channel"):
+        runner.open_tcp_channel("127.0.0.1", closed_port)
+    assert runner.run("echo still").stdout == "still\n"
+    assert runner.connect_count == 1
+
+
 def test_stderr_is_exactly_the_commands(runner: SSHRunner) -> None:
     assert runner.run("printf 'coreos-lab-pid:1\\n' >&2").stderr == "coreos-lab-pid:1\n"
     assert runner.run(["sh", "-c", "echo $$"]).stdout.strip().isdigit()
