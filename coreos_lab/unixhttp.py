@@ -1,7 +1,7 @@
 """HTTP over a unix socket for requests: reach a forward held by the mux, or any local HTTP unix socket.
 
 Mount ``UnixHTTPAdapter(path)`` on a made-up base URL; every request sent through that prefix goes to
-the socket, whatever host name the URL carries.
+the socket, whatever host name the URL carries (the request says ``Host: localhost``, as curl does).
 
 >>> session, base = unix_session("/run/user/1000/coreos-lab/fwd.sock")
 >>> base
