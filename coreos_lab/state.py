@@ -34,6 +34,7 @@ from coreos_lab.unitfile import UnitFile, XFleet, validate_unit_name
 
 PREFIX = "/coreos-lab/units/"
 SCHEMA_VERSION = 1
+UNKNOWN_REVISION = -1  # a write that happened but whose revision is unknown; no compare-and-swap matches it
 MAX_CONTENT_BYTES = 1 << 20  # etcd's default request limit is 1.5 MiB; leave room for the envelope
 DesiredState = Literal["inactive", "loaded", "launched"]
 DESIRED_STATES: tuple[str, ...] = ("inactive", "loaded", "launched")
@@ -227,7 +228,8 @@ class KeyValueStore(Protocol):
     def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
         """Write if the key's mod_revision equals ``expected_revision`` (0: the key must not exist).
 
-        Returns the new mod_revision, or None when the comparison failed (nothing written).
+        Returns the new mod_revision (``UNKNOWN_REVISION`` if the write happened but its revision cannot be
+        known, e.g. it was already overwritten), or None when the comparison failed (nothing written).
         """
         ...
 
@@ -346,10 +348,11 @@ class EtcdKV:
     def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
         if not self.client.txn_put_if(key, value, expect_mod_revision=expected_revision or None):
             return None
-        # The txn answer carries no per-key revision here; read it back. If another writer has already
-        # replaced our value, report the race as lost: the caller must re-read either way.
+        # The client's txn answer carries no revision, so read it back. If another writer has replaced our
+        # value meanwhile, our write still happened: say so (-1, a revision no compare will ever match)
+        # rather than "lost", or a retrying caller would apply its change twice.
         kv = self.client.get(key)
-        return kv.mod_revision if kv is not None and kv.value == value else None
+        return kv.mod_revision if kv is not None and kv.value == value else UNKNOWN_REVISION
 
     def delete_if(self, key: str, expected_revision: int | None = None) -> bool:
         if expected_revision is None:

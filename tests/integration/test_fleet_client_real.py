@@ -264,3 +264,40 @@ def test_two_concurrent_deploys_on_a_real_etcd_only_one_wins(etcd_single: EtcdMe
         final = RecordStore(EtcdKV(client)).get("race.service")
         assert final is not None
         assert sorted(final.targets) == sorted([*winners[0].targets, "n0", "n1", "n2", "n3"])
+
+
+def test_double_other_errors_follow_fleets_source() -> None:
+    with FleetDouble() as fd:
+        status, _, _, body = _raw(fd.url, "POST", "/fleet/v1/units")
+        assert (status, json.loads(body)) == (
+            405,
+            {"error": {"code": 405, "message": "only GET supported against this resource"}},
+        )
+        status, _, _, body = _raw(
+            fd.url, "PUT", "/fleet/v1/units/a.service", b'{"name":"b.service"}', "application/json"
+        )
+        assert status == 400
+        assert (
+            json.loads(body)["error"]["message"]
+            == 'name in URL "a.service" differs from unit name in request body "b.service"'
+        )
+        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", b"{", "application/json")
+        assert status == 400
+        assert json.loads(body)["error"]["message"].startswith("unable to decode body")
+        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", b"{}")
+        assert (status, json.loads(body)["error"]["message"]) == (415, "expected 1 Content-Type, got 0")
+        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.txt", b"{}", "application/json")
+        assert (status, json.loads(body)["error"]["message"]) == (400, 'invalid unit type: "txt"')
+        opts = json.dumps(
+            {
+                "desiredState": "launched",
+                "options": [
+                    {"section": "X-Fleet", "name": "Global", "value": "true"},
+                    {"section": "X-Fleet", "name": "MachineID", "value": "x"},
+                ],
+            }
+        ).encode()
+        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", opts, "application/json")
+        assert (status, json.loads(body)["error"]["message"]) == (400, "MachineID cannot be used with Global")
+        status, _, _, body = _raw(fd.url, "GET", "/fleet/v1/nothing")
+        assert (status, body) == (404, b'{"error":{"code":404,"message":""}}')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,8 @@ from coreos_lab.errors import EtcdError, UnitFileError
 from coreos_lab.scheduler import plan_reconcile
 from coreos_lab.state import (
     PREFIX,
+    UNKNOWN_REVISION,
+    EtcdKV,
     InMemoryKV,
     RecordStore,
     UnitRecord,
@@ -240,3 +244,48 @@ def test_random_records_raise_only_etcd_error(data):
     else:
         message = ""
     assert "\n" not in message
+
+
+class _FakeEtcd:
+    """Just enough of EtcdClient for EtcdKV; ``interfere`` runs between a txn and the read-back."""
+
+    def __init__(self) -> None:
+        self.kv = InMemoryKV()
+        self.interfere: Callable[[], None] | None = None
+
+    def get(self, key: str) -> SimpleNamespace | None:
+        found = self.kv.get(key)
+        return None if found is None else SimpleNamespace(key=key.encode(), value=found[0], mod_revision=found[1])
+
+    def range(self, prefix: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(key=k.encode(), value=v, mod_revision=r) for k, v, r in self.kv.list_prefix(prefix)]
+
+    def delete(self, key: str) -> int:
+        return int(self.kv.delete_if(key))
+
+    def txn_put_if(self, key: str, value: bytes, *, expect_mod_revision: int | None) -> bool:
+        ok = self.kv.put_if(key, value, expect_mod_revision or 0) is not None
+        if ok and self.interfere:
+            self.interfere()
+        return ok
+
+    def txn_delete_if(self, key: str, *, expect_mod_revision: int) -> bool:
+        return self.kv.delete_if(key, expect_mod_revision)
+
+
+def test_etcd_adapter_reports_a_superseded_write_as_done_not_lost():
+    fake = _FakeEtcd()
+    store = RecordStore(EtcdKV(fake))
+    first = store.put(_rec(), expected_revision=0)
+    assert first is not None
+    assert first.revision == fake.kv.get(PREFIX + "hello.service")[1]  # type: ignore[index]
+    # another writer replaces our value between our txn and the read-back
+    fake.interfere = lambda: fake.kv.raw_put(PREFIX + "hello.service", _rec(targets=("x",)).to_json())
+    second = store.put(first.evolve(targets=("core-09",)), expected_revision=first.revision)
+    assert second is not None
+    assert second.revision == UNKNOWN_REVISION
+    fake.interfere = None
+    assert store.put(second.evolve(), expected_revision=second.revision) is None  # stale, as it should be
+    assert [r.name for r in store.list()] == ["hello.service"]
+    assert store.delete("hello.service") is True
+    assert store.delete("hello.service") is False
