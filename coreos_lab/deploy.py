@@ -1,0 +1,965 @@
+"""Run units on the cluster without fleet: desired state in etcd, placement by the scheduler, systemd over SSH.
+
+Every change follows the same order, so any client on any host sees one truth and a crash half-way leaves
+something :func:`reconcile` can finish:
+
+1. read the nodes (:func:`probe_nodes`: machine id, metadata, address; unreachable nodes are unhealthy);
+2. decide (:mod:`coreos_lab.scheduler`, pure);
+3. write the desired state to etcd with compare-and-swap (:class:`EtcdKV` under :class:`~coreos_lab.state.RecordStore`),
+   so of two concurrent deploys of one unit exactly one wins;
+4. act on the nodes (:class:`~coreos_lab.systemd.SystemdClient`), reporting each node's outcome.
+
+Functions here take a :class:`~coreos_lab.cluster.Cluster` and return frozen result dataclasses; they never print.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from coreos_lab.errors import CoreosLabError, EtcdError, UsageError
+from coreos_lab.runner import Runner
+from coreos_lab.scheduler import Action, DesiredUnit, Node, Plan, apply_plan, place, plan_reconcile, with_loads
+from coreos_lab.state import DesiredStateStore, RecordStore, UnitRecord, update_record
+from coreos_lab.systemd import SystemdClient, UnitState
+from coreos_lab.unitfile import UnitFile, XFleet
+
+if TYPE_CHECKING:
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.config import NodeSpec
+    from coreos_lab.etcd import EtcdClient
+
+METADATA_PATH: Final = "/etc/coreos-lab/metadata"
+ETCD_PORT: Final = 2379
+_SEP: Final = "@@coreos-lab@@"
+# One round trip per node: machine id, placement metadata, host name, addresses.
+_PROBE: Final = (
+    f"cat /etc/machine-id 2>/dev/null; echo {_SEP}; cat {METADATA_PATH} 2>/dev/null; echo {_SEP}; "
+    f"hostname 2>/dev/null; echo {_SEP}; hostname -I 2>/dev/null || true"
+)
+_ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")
+
+
+# ---- nodes -----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What one node told us about itself (``reachable`` False: the rest is the lab config's, or empty)."""
+
+    name: str
+    reachable: bool
+    ip: str = ""
+    machine_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    error: str | None = None
+
+    @property
+    def machine(self) -> str:
+        """fleetctl's MACHINE column, ``<node>/<ip>``."""
+        return f"{self.name}/{self.ip}" if self.ip else self.name
+
+    def to_node(self, load: int = 0) -> Node:
+        """The scheduler's view (healthy = reachable)."""
+        return Node(self.name, self.machine_id, self.ip, dict(self.metadata), self.reachable, load)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reachable": self.reachable,
+            "ip": self.ip or None,
+            "machine_id": self.machine_id or None,
+            "metadata": dict(sorted(self.metadata.items())),
+            "hostname": self.hostname or None,
+            "error": self.error,
+        }
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """``/etc/coreos-lab/metadata``: ``key=value`` lines (blank lines and ``#`` comments ignored).
+
+    >>> parse_metadata("role=web\\n# x\\nzone = a\\n")
+    {'role': 'web', 'zone': 'a'}
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        if eq and key.strip() and value.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _usable_ip(text: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified)
+
+
+def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: str = "") -> NodeFacts:
+    """Turn the probe's output into NodeFacts. The address: the lab's, else the SSH host, else the node's first."""
+    parts = [*stdout.split(_SEP + "\n"), "", "", "", ""][:4]
+    machine_id, meta_text, hostname, addresses = (p.strip() for p in parts)
+    metadata = parse_metadata(meta_text) if meta_text else dict(spec.metadata if spec else {})
+    ip = spec.ip if spec else ""
+    if not ip and _usable_ip(ssh_host):
+        ip = ssh_host
+    if not ip:
+        ip = next((a for a in addresses.split() if _usable_ip(a)), "")
+    return NodeFacts(name, True, ip, machine_id.split()[0] if machine_id else "", metadata, hostname)
+
+
+def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -> dict[str, NodeFacts]:
+    """Ask every node (in parallel, one command each) who it is; unreachable nodes are reported, not raised."""
+    specs = specs or {}
+    outcomes = cluster.run_all(_PROBE, timeout=20)
+    facts: dict[str, NodeFacts] = {}
+    for name, outcome in outcomes.items():
+        spec = specs.get(name)
+        if isinstance(outcome, CoreosLabError):
+            facts[name] = NodeFacts(
+                name, False, spec.ip if spec else "", metadata=dict(spec.metadata if spec else {}), error=str(outcome)
+            )
+        elif not outcome.ok:
+            facts[name] = NodeFacts(name, False, error=f"{name}: probe exited {outcome.exit_code}")
+        else:
+            target = cluster.targets.get(name)
+            facts[name] = parse_probe(name, outcome.stdout, spec, target.hostname if target else "")
+    return facts
+
+
+# ---- etcd as the desired-state store ---------------------------------------------------------------------------------
+class EtcdKV:
+    """:class:`~coreos_lab.state.KeyValueStore` over an :class:`~coreos_lab.etcd.EtcdClient` (v3 transactions)."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        kv = self.client.get(key)
+        return None if kv is None else (kv.value, kv.mod_revision)
+
+    def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
+        if not self.client.txn_put_if(key, value, expect_mod_revision=expected_revision or None):
+            return None
+        # The transaction answer does not say our write's revision (EtcdClient returns only "succeeded"), so
+        # read it back. If another writer changed the key in between, answer a revision that can never match:
+        # the caller's next compare-and-swap then fails and re-reads, which is the safe outcome.
+        kv = self.client.get(key)
+        if kv is None or kv.value != value:
+            return -1
+        return kv.mod_revision
+
+    def delete_if(self, key: str, expected_revision: int | None = None) -> bool:
+        if expected_revision is None:
+            return self.client.delete(key) > 0
+        return self.client.txn_delete_if(key, expect_mod_revision=expected_revision)
+
+    def list_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        return [(kv.key_text, kv.value, kv.mod_revision) for kv in self.client.range(prefix)]
+
+
+def etcd_client(cluster: Cluster, facts: Mapping[str, NodeFacts] | None = None, *, timeout: float = 5.0) -> EtcdClient:
+    """An etcd client through the first reachable node whose member answers and sees a leader."""
+    from coreos_lab.etcd import EtcdClient
+
+    errors: list[str] = []
+    for name in cluster.names:
+        if facts is not None and name in facts and not facts[name].reachable:
+            errors.append(f"{name}: unreachable")
+            continue
+        try:
+            session, base = cluster.http_base(name, ETCD_PORT)
+            client = EtcdClient(base, session=session, timeout=timeout)
+            if client.status().leader == 0:
+                errors.append(f"{name}: etcd member sees no leader")
+                continue
+            return client
+        except CoreosLabError as exc:
+            errors.append(f"{name}: {exc}")
+    raise EtcdError("no node's etcd answered with a leader: " + "; ".join(errors))
+
+
+def etcd_store(cluster: Cluster, facts: Mapping[str, NodeFacts] | None = None) -> RecordStore:
+    """The desired-state store of the cluster (etcd, reached through a node's SSH connection)."""
+    return RecordStore(EtcdKV(etcd_client(cluster, facts)))
+
+
+# ---- results ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeOutcome:
+    """What happened to one unit on one node."""
+
+    node: str
+    ip: str
+    ok: bool
+    active_state: str = ""
+    sub_state: str = ""
+    error: str | None = None
+
+    @property
+    def machine(self) -> str:
+        return f"{self.node}/{self.ip}" if self.ip else self.node
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "ip": self.ip or None,
+            "ok": self.ok,
+            "active_state": self.active_state or None,
+            "sub_state": self.sub_state or None,
+            "error": self.error,
+        }
+
+
+DeployStatus = Literal["launched", "updated", "unchanged", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOutcome:
+    """One unit's deploy: ``unchanged`` when identical content was already deployed (nothing was done)."""
+
+    unit: str
+    hash: str
+    status: DeployStatus
+    nodes: tuple[NodeOutcome, ...] = ()
+    detail: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed" and all(n.ok for n in self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "hash": self.hash,
+            "status": self.status,
+            "ok": self.ok,
+            "nodes": [n.to_json() for n in self.nodes],
+            "detail": self.detail or None,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UndeployOutcome:
+    """One unit's undeploy: ``removed_from`` nodes that had it; ``deleted`` whether a record was deleted."""
+
+    unit: str
+    had_record: bool
+    deleted: bool
+    removed_from: tuple[str, ...] = ()
+    errors: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "had_record": self.had_record,
+            "deleted": self.deleted,
+            "removed_from": list(self.removed_from),
+            "errors": dict(self.errors),
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """``unit start|stop``: the new desired state and what each target node did."""
+
+    unit: str
+    desired_state: str
+    changed: bool
+    nodes: tuple[NodeOutcome, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(n.ok for n in self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "desired_state": self.desired_state,
+            "changed": self.changed,
+            "ok": self.ok,
+            "nodes": [n.to_json() for n in self.nodes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """One executed reconcile action."""
+
+    action: Action
+    ok: bool
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.action
+        return {"kind": a.kind, "unit": a.unit, "node": a.node, "reason": a.reason, "ok": self.ok, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    """What reconcile did (``changed`` False: the cluster already matched the desired state)."""
+
+    actions: tuple[ActionOutcome, ...]
+    unplaceable: tuple[tuple[str, str], ...] = ()
+    deleted_records: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions or self.deleted_records)
+
+    @property
+    def ok(self) -> bool:
+        return all(a.ok for a in self.actions) and not self.unplaceable
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "actions": [a.to_json() for a in self.actions],
+            "unplaceable": dict(self.unplaceable),
+            "deleted_records": list(self.deleted_records),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRow:
+    """``list-units``: one unit on one target node, desired state joined with what systemd says."""
+
+    unit: str
+    node: str
+    ip: str
+    desired_state: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    hash: str
+    error: str | None = None
+
+    @property
+    def machine(self) -> str:
+        if not self.node:
+            return ""
+        return f"{self.node}/{self.ip}" if self.ip else self.node
+
+    @property
+    def in_desired_state(self) -> bool:
+        """launched -> active; loaded -> installed and not active; inactive -> absent."""
+        if self.error is not None or not self.node:
+            return self.desired_state == "inactive"
+        if self.desired_state == "launched":
+            return self.active_state == "active"
+        if self.desired_state == "loaded":
+            return self.load_state == "loaded" and self.active_state not in _ACTIVE_STATES
+        return self.load_state in ("", "not-found")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "machine": self.machine or None,
+            "node": self.node or None,
+            "ip": self.ip or None,
+            "desired_state": self.desired_state,
+            "load": self.load_state or None,
+            "active": self.active_state or None,
+            "sub": self.sub_state or None,
+            "hash": self.hash,
+            "ok": self.in_desired_state,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnitFileRow:
+    """``list-unit-files``: UNIT HASH DSTATE STATE TARGET."""
+
+    unit: str
+    hash: str
+    desired_state: str
+    state: str
+    targets: tuple[str, ...]
+    is_global: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "hash": self.hash,
+            "dstate": self.desired_state,
+            "state": self.state,
+            "targets": list(self.targets),
+            "global": self.is_global,
+        }
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _who() -> str:
+    return f"coreos-lab@{socket.gethostname()}"[:200]
+
+
+def _observed(state: UnitState) -> str | None:
+    """systemd's state as the scheduler's vocabulary: launched, loaded, or None (not installed)."""
+    if not state.exists:
+        return None
+    return "launched" if state.active_state in _ACTIVE_STATES else "loaded"
+
+
+def _ip(facts: Mapping[str, NodeFacts], node: str) -> str:
+    f = facts.get(node)
+    return f.ip if f else ""
+
+
+def _fail_outcome(node: str, facts: Mapping[str, NodeFacts], error: str) -> NodeOutcome:
+    return NodeOutcome(node, _ip(facts, node), False, error=error)
+
+
+def _launch_on(runner: Runner, record: UnitRecord, *, restart: bool, timeout: float) -> UnitState:
+    """Install (if the content differs or the file is missing), start or restart, wait until active or failed."""
+    client = SystemdClient(runner)
+    client.install(record.name, record.content)
+    if restart:
+        client.restart(record.name)
+    else:
+        client.start(record.name)
+    return client.wait_active(record.name, timeout=timeout, interval=0.3)
+
+
+def _launch_many(
+    cluster: Cluster,
+    record: UnitRecord,
+    nodes: Sequence[str],
+    facts: Mapping[str, NodeFacts],
+    *,
+    restart: bool,
+    timeout: float,
+) -> tuple[NodeOutcome, ...]:
+    if not nodes:
+        return ()
+    results = cluster.map(lambda r: _launch_on(r, record, restart=restart, timeout=timeout), list(nodes))
+    out = []
+    for node, res in results.items():
+        if isinstance(res, CoreosLabError):
+            out.append(_fail_outcome(node, facts, str(res)))
+        else:
+            ok = res.is_active
+            err = None if ok else f"{record.name} is {res.active_state}/{res.sub_state} on {node}"
+            out.append(NodeOutcome(node, _ip(facts, node), ok, res.active_state, res.sub_state, err))
+    return tuple(out)
+
+
+def _remove_on(cluster: Cluster, name: str, nodes: Sequence[str]) -> dict[str, CoreosLabError | None]:
+    if not nodes:
+        return {}
+    results = cluster.map(lambda r: SystemdClient(r).remove(name), list(nodes))
+    return {n: (v if isinstance(v, CoreosLabError) else None) for n, v in results.items()}
+
+
+def _assignments(records: Sequence[UnitRecord], skip: str = "") -> dict[str, tuple[str, ...]]:
+    return {r.name: r.targets for r in records if r.name != skip and r.desired_state != "inactive" and r.targets}
+
+
+def _constraints(records: Sequence[UnitRecord]) -> dict[str, XFleet]:
+    out: dict[str, XFleet] = {}
+    for r in records:
+        try:
+            out[r.name] = r.constraints()
+        except CoreosLabError:
+            out[r.name] = XFleet()
+    return out
+
+
+# ---- deploy ----------------------------------------------------------------------------------------------------------
+def load_unit(text: str, name: str) -> tuple[UnitFile, XFleet]:
+    """Parse and validate a unit file and its [X-Fleet] section (UnitFileError, exit 2, on any problem)."""
+    unit = UnitFile.parse(text, name=name)
+    return unit, XFleet.from_unit(unit)
+
+
+def deploy(
+    cluster: Cluster,
+    units: Sequence[UnitFile],
+    *,
+    store: DesiredStateStore | None = None,
+    specs: Mapping[str, NodeSpec] | None = None,
+    facts: Mapping[str, NodeFacts] | None = None,
+    timeout: float = 30.0,
+) -> tuple[DeployOutcome, ...]:
+    """Deploy units (in order): place, record the desired state in etcd (CAS), install, start, wait.
+
+    A unit whose record already holds identical content and is launched is left alone (``unchanged``).
+    A node that fails is reported in its :class:`NodeOutcome`; the record keeps naming it, so
+    :func:`reconcile` can retry or move the unit.
+    """
+    constraints = {u.name or "": XFleet.from_unit(u) for u in units}  # validate everything before any change
+    facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
+    store = store if store is not None else etcd_store(cluster, facts)
+    return tuple(_deploy_one(cluster, u, constraints[u.name or ""], store, facts, timeout) for u in units)
+
+
+def _deploy_one(
+    cluster: Cluster,
+    unit: UnitFile,
+    xf: XFleet,
+    store: DesiredStateStore,
+    facts: Mapping[str, NodeFacts],
+    timeout: float,
+) -> DeployOutcome:
+    name = unit.name
+    if not name:
+        raise UsageError("a unit to deploy needs a name")
+    records = store.list()
+    current = next((r for r in records if r.name == name), None)
+    if current is not None and current.hash == unit.hash and current.desired_state == "launched" and current.targets:
+        return DeployOutcome(
+            name,
+            unit.hash,
+            "unchanged",
+            tuple(NodeOutcome(n, _ip(facts, n), True) for n in current.targets),
+            detail="identical content is already deployed",
+            warnings=xf.warnings,
+        )
+    targets = _choose_targets(name, xf, records, current, facts)
+    record = UnitRecord.new(unit, "launched", targets, updated_by=_who(), updated_at=_now())
+    if current is not None:
+        record = replace(record, generation=current.generation + 1)
+    stored = store.put(record, expected_revision=current.revision if current else 0)
+    if stored is None:
+        # Someone else wrote this unit since we read it: they won. Identical content means the same intent.
+        winner = store.get(name)
+        if winner is not None and winner.hash == unit.hash and winner.desired_state == "launched":
+            return DeployOutcome(
+                name,
+                unit.hash,
+                "unchanged",
+                tuple(NodeOutcome(n, _ip(facts, n), True) for n in winner.targets),
+                detail="another deploy of identical content won the race",
+                warnings=xf.warnings,
+            )
+        raise EtcdError(f"{name}: another client changed its record while deploying; nothing was done, run it again")
+    updating = current is not None and current.hash != unit.hash
+    old = set(current.targets) if current else set()
+    # Units leaving a node (update moved it) are stopped there first so it never runs twice.
+    gone = [n for n in sorted(old - set(targets)) if facts.get(n) and facts[n].reachable]
+    removed = _remove_on(cluster, name, gone)
+    outcomes = list(_launch_many(cluster, stored, targets, facts, restart=updating, timeout=timeout))
+    outcomes += [_fail_outcome(n, facts, f"remove failed: {e}") for n, e in removed.items() if e is not None]
+    status: DeployStatus = "updated" if updating else "launched"
+    if not any(o.ok for o in outcomes):
+        status = "failed"
+    displaced = _displaced(name, xf, records, targets)
+    detail = ""
+    if displaced:
+        result = reconcile(cluster, store=store, facts=facts, only=displaced, timeout=timeout)
+        moved = [str(a.action) for a in result.actions if a.ok]
+        detail = "replaced: " + ("; ".join(moved) if moved else ", ".join(displaced))
+    return DeployOutcome(name, unit.hash, status, tuple(outcomes), detail, xf.warnings)
+
+
+def _displaced(name: str, xf: XFleet, records: Sequence[UnitRecord], targets: Sequence[str]) -> list[str]:
+    from coreos_lab.unitfile import glob_match
+
+    if not xf.replaces:
+        return []
+    return sorted(
+        r.name
+        for r in records
+        if r.name != name and set(r.targets) & set(targets) and any(glob_match(p, r.name) for p in xf.replaces)
+    )
+
+
+def _choose_targets(
+    name: str, xf: XFleet, records: Sequence[UnitRecord], current: UnitRecord | None, facts: Mapping[str, NodeFacts]
+) -> tuple[str, ...]:
+    assignments = _assignments(records, skip=name)
+    others = _constraints([r for r in records if r.name != name])
+    nodes = with_loads([f.to_node() for f in facts.values()], assignments)
+    if current is not None and current.targets and not xf.global_:
+        # An update stays where it runs when that node still qualifies: no needless move.
+        from coreos_lab.scheduler import eligibility
+
+        keep = [n for n in nodes if n.name in current.targets]
+        reasons = eligibility(name, xf, keep, assignments, others)
+        if len(keep) == 1 and reasons.get(keep[0].name) is None:
+            return (keep[0].name,)
+    placement = place(name, xf, nodes, assignments, others)
+    return placement.nodes
+
+
+# ---- undeploy --------------------------------------------------------------------------------------------------------
+def undeploy(
+    cluster: Cluster,
+    names: Sequence[str],
+    *,
+    store: DesiredStateStore | None = None,
+    facts: Mapping[str, NodeFacts] | None = None,
+) -> tuple[UndeployOutcome, ...]:
+    """Stop and remove units everywhere and delete their records. Repeating it is harmless.
+
+    The record is first marked ``inactive`` (so nobody re-launches it), then the unit is removed from every
+    reachable node; the record is deleted only when no target node was left unreachable.
+    """
+    from coreos_lab.unitfile import validate_unit_name
+
+    for n in names:
+        validate_unit_name(n)
+    facts = dict(facts) if facts is not None else probe_nodes(cluster)
+    store = store if store is not None else etcd_store(cluster, facts)
+    reachable = [n for n, f in facts.items() if f.reachable]
+    out = []
+    for name in names:
+        record = update_record(
+            store,
+            name,
+            lambda r: None if r is None or r.desired_state == "inactive" else r.evolve(desired_state="inactive"),
+        )
+        removed = _remove_on(cluster, name, reachable)
+        errors = [(n, str(e)) for n, e in removed.items() if e is not None]
+        unreachable_targets = [n for n in (record.targets if record else ()) if n not in reachable]
+        errors += [(n, "unreachable: the unit is removed there by a later reconcile") for n in unreachable_targets]
+        deleted = False
+        if record is not None and not errors:
+            deleted = store.delete(name)
+        had = [n for n, e in removed.items() if e is None]
+        out.append(UndeployOutcome(name, record is not None, deleted, tuple(had), tuple(errors)))
+    return tuple(out)
+
+
+def _mark_inactive(r: UnitRecord | None) -> UnitRecord | None:
+    return None if r is None or r.desired_state == "inactive" else r.evolve(desired_state="inactive")
+
+
+# ---- unit start / stop ----------------------------------------------------------------------------------------------
+def set_state(
+    cluster: Cluster,
+    name: str,
+    desired: Literal["launched", "loaded"],
+    *,
+    store: DesiredStateStore | None = None,
+    facts: Mapping[str, NodeFacts] | None = None,
+    timeout: float = 30.0,
+) -> StateChange:
+    """``unit start`` (launched) / ``unit stop`` (loaded): record the desired state, then act on the targets."""
+    facts = dict(facts) if facts is not None else probe_nodes(cluster)
+    store = store if store is not None else etcd_store(cluster, facts)
+    current = store.get(name)
+    if current is None:
+        raise UsageError(f"unit {name} is not deployed (deploy it first)")
+    changed = current.desired_state != desired
+    targets = current.targets
+    if desired == "launched" and not [t for t in targets if facts.get(t) and facts[t].reachable]:
+        targets = _choose_targets(name, current.constraints(), store.list(), None, facts)
+    if changed or targets != current.targets:
+        rec = update_record(
+            store, name, lambda r: None if r is None else r.evolve(desired_state=desired, targets=targets)
+        )
+        if rec is None:
+            raise UsageError(f"unit {name} was undeployed meanwhile")
+        current = rec
+    if desired == "launched":
+        live = [t for t in current.targets if facts.get(t) and facts[t].reachable]
+        outcomes = list(_launch_many(cluster, current, live, facts, restart=False, timeout=timeout))
+    else:
+        live = [t for t in current.targets if facts.get(t) and facts[t].reachable]
+        res = cluster.map(lambda r: _stop_on(r, name), live)
+        outcomes = [
+            _fail_outcome(n, facts, str(v))
+            if isinstance(v, CoreosLabError)
+            else NodeOutcome(n, _ip(facts, n), not v.is_active, v.active_state, v.sub_state)
+            for n, v in res.items()
+        ]
+    outcomes += [_fail_outcome(t, facts, f"{t} is unreachable") for t in current.targets if t not in live]
+    return StateChange(name, desired, changed, tuple(outcomes))
+
+
+def _stop_on(runner: Runner, name: str) -> UnitState:
+    client = SystemdClient(runner)
+    client.stop(name)
+    return client.show(name)
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------------
+def observe(
+    cluster: Cluster, names: Sequence[str], facts: Mapping[str, NodeFacts]
+) -> tuple[dict[str, dict[str, UnitState]], dict[str, str]]:
+    """systemd's view of ``names`` on every reachable node: ``{node: {unit: state}}`` and ``{node: error}``."""
+    reachable = [n for n, f in facts.items() if f.reachable]
+    if not names or not reachable:
+        return {n: {} for n in reachable}, {}
+    results = cluster.map(lambda r: SystemdClient(r).show_many(list(names)), reachable)
+    states: dict[str, dict[str, UnitState]] = {}
+    errors: dict[str, str] = {}
+    for node, res in results.items():
+        if isinstance(res, CoreosLabError):
+            errors[node] = str(res)
+        else:
+            states[node] = {s.name: s for s in res}
+    return states, errors
+
+
+def unit_rows(
+    records: Sequence[UnitRecord],
+    facts: Mapping[str, NodeFacts],
+    states: Mapping[str, Mapping[str, UnitState]],
+    errors: Mapping[str, str] | None = None,
+) -> list[UnitRow]:
+    """Join desired state with live state: one row per (unit, target node); a unit without targets gets one row."""
+    errors = errors or {}
+    rows: list[UnitRow] = []
+    for r in sorted(records, key=lambda x: x.name):
+        if not r.targets:
+            rows.append(UnitRow(r.name, "", "", r.desired_state, "", "", "", r.hash, None))
+            continue
+        for node in r.targets:
+            f = facts.get(node)
+            st = states.get(node, {}).get(r.name)
+            if f is None:
+                err: str | None = "node is not in this cluster"
+            elif not f.reachable:
+                err = f.error or "unreachable"
+            elif st is None:
+                err = errors.get(node, "no state")
+            else:
+                err = None
+            rows.append(
+                UnitRow(
+                    r.name,
+                    node,
+                    f.ip if f else "",
+                    r.desired_state,
+                    st.load_state if st else "",
+                    st.active_state if st else "",
+                    st.sub_state if st else "",
+                    r.hash,
+                    err,
+                )
+            )
+    return rows
+
+
+def list_units(
+    cluster: Cluster, *, store: DesiredStateStore | None = None, facts: Mapping[str, NodeFacts] | None = None
+) -> list[UnitRow]:
+    """``list-units``: every deployed unit on its target node(s) with systemd's live ACTIVE/SUB."""
+    facts = dict(facts) if facts is not None else probe_nodes(cluster)
+    store = store if store is not None else etcd_store(cluster, facts)
+    records = store.list()
+    states, errors = observe(cluster, [r.name for r in records], facts)
+    return unit_rows(records, facts, states, errors)
+
+
+def unit_file_rows(records: Sequence[UnitRecord], rows: Sequence[UnitRow]) -> list[UnitFileRow]:
+    """``list-unit-files``: STATE is launched when active on every target, loaded when installed, else inactive."""
+    by_unit: dict[str, list[UnitRow]] = {}
+    for row in rows:
+        by_unit.setdefault(row.unit, []).append(row)
+    out = []
+    for r in sorted(records, key=lambda x: x.name):
+        mine = [row for row in by_unit.get(r.name, []) if row.node and row.error is None]
+        if mine and all(row.active_state == "active" for row in mine) and len(mine) == len(r.targets):
+            state = "launched"
+        elif any(row.load_state == "loaded" for row in mine):
+            state = "loaded"
+        else:
+            state = "inactive"
+        out.append(UnitFileRow(r.name, r.hash, r.desired_state, state, r.targets, _is_global(r)))
+    return out
+
+
+def _is_global(record: UnitRecord) -> bool:
+    try:
+        return record.constraints().global_
+    except CoreosLabError:
+        return False
+
+
+def list_unit_files(
+    cluster: Cluster, *, store: DesiredStateStore | None = None, facts: Mapping[str, NodeFacts] | None = None
+) -> list[UnitFileRow]:
+    facts = dict(facts) if facts is not None else probe_nodes(cluster)
+    store = store if store is not None else etcd_store(cluster, facts)
+    records = store.list()
+    states, errors = observe(cluster, [r.name for r in records], facts)
+    return unit_file_rows(records, unit_rows(records, facts, states, errors))
+
+
+def get_record(cluster: Cluster, name: str, *, store: DesiredStateStore | None = None) -> UnitRecord:
+    """The stored record of ``name`` (``unit cat``); UsageError when it is not deployed."""
+    from coreos_lab.unitfile import validate_unit_name
+
+    validate_unit_name(name)
+    store = store if store is not None else etcd_store(cluster)
+    record = store.get(name)
+    if record is None:
+        raise UsageError(f"unit {name} is not deployed")
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class StatusText:
+    """``systemctl status`` of a unit on one node."""
+
+    node: str
+    ip: str
+    exit_code: int
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "ip": self.ip or None, "exit_code": self.exit_code, "text": self.text}
+
+
+def unit_status(
+    cluster: Cluster, name: str, *, store: DesiredStateStore | None = None, facts: Mapping[str, NodeFacts] | None = None
+) -> tuple[StatusText, ...]:
+    """``systemctl status UNIT`` on each target node (fleetctl status). Exit 3 = not running, as systemctl."""
+    facts = dict(facts) if facts is not None else probe_nodes(cluster)
+    record = get_record(cluster, name, store=store if store is not None else etcd_store(cluster, facts))
+    out = []
+    for node in record.targets:
+        if not (facts.get(node) and facts[node].reachable):
+            out.append(StatusText(node, _ip(facts, node), 255, f"{node} is unreachable\n"))
+            continue
+        argv = ["systemctl", "status", "--no-pager", "--full", "--lines=10", "--", name]
+        res = cluster.runner(node).run(shlex.join(argv), timeout=30)
+        out.append(StatusText(node, _ip(facts, node), res.exit_code, res.stdout + res.stderr))
+    return tuple(out)
+
+
+def journal_node(cluster: Cluster, name: str, *, store: DesiredStateStore | None = None) -> str:
+    """The node a unit runs on (its first reachable target), for ``journal``."""
+    facts = probe_nodes(cluster)
+    record = get_record(cluster, name, store=store if store is not None else etcd_store(cluster, facts))
+    for node in record.targets:
+        if facts.get(node) and facts[node].reachable:
+            return node
+    raise CoreosLabError(
+        f"unit {name} has no reachable node" + (f" (targets: {', '.join(record.targets)})" if record.targets else "")
+    )
+
+
+# ---- reconcile -------------------------------------------------------------------------------------------------------
+def observed_map(states: Mapping[str, Mapping[str, UnitState]]) -> dict[str, dict[str, str]]:
+    """``{node: {unit: state}}`` -> the scheduler's ``{unit: {node: launched|loaded}}`` (absent units left out)."""
+    out: dict[str, dict[str, str]] = {}
+    for node, units in states.items():
+        for unit, st in units.items():
+            seen = _observed(st)
+            if seen is not None:
+                out.setdefault(unit, {})[node] = seen
+    return out
+
+
+def reconcile(
+    cluster: Cluster,
+    *,
+    store: DesiredStateStore | None = None,
+    facts: Mapping[str, NodeFacts] | None = None,
+    specs: Mapping[str, NodeSpec] | None = None,
+    only: Sequence[str] | None = None,
+    dry_run: bool = False,
+    timeout: float = 30.0,
+) -> ReconcileResult:
+    """Make the nodes match etcd: reschedule units off gone/unhealthy nodes, stop units where they do not belong.
+
+    Record changes (schedule/unschedule) are written to etcd before the nodes are touched. Running it again
+    right away finds nothing to do. ``only`` limits the actions to those units.
+    """
+    facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
+    store = store if store is not None else etcd_store(cluster, facts)
+    records = store.list()
+    by_name = {r.name: r for r in records}
+    states, errors = observe(cluster, list(by_name), facts)
+    # A node we could reach but not ask is not healthy either: we cannot know what runs there.
+    nodes = [replace(f.to_node(), healthy=f.reachable and f.name not in errors) for f in facts.values()]
+    desired: dict[str, DesiredUnit] = {}
+    for r in records:
+        try:
+            desired[r.name] = r.to_desired()
+        except CoreosLabError:
+            continue  # a record that does not parse any more is left for a human; from_json already checks it
+    observed = observed_map({n: s for n, s in states.items() if n not in errors})
+    plan = plan_reconcile(desired, observed, nodes)
+    if only is not None:
+        keep = set(only)
+        plan = Plan(tuple(a for a in plan if a.unit in keep), tuple(u for u in plan.unplaceable if u[0] in keep))
+    done: list[ActionOutcome] = []
+    deleted: list[str] = []
+    if dry_run:
+        return ReconcileResult(tuple(ActionOutcome(a, True) for a in plan), plan.unplaceable, (), True)
+    new_desired, _ = apply_plan(desired, observed, [a for a in plan if a.kind in ("schedule", "unschedule")])
+    failed_units: set[str] = set()
+    for unit in sorted({a.unit for a in plan if a.kind in ("schedule", "unschedule")}):
+        targets = new_desired[unit].targets
+
+        def change(r: UnitRecord | None, targets: tuple[str, ...] = targets) -> UnitRecord | None:
+            return None if r is None or r.targets == targets else r.evolve(targets=targets)
+
+        try:
+            update_record(store, unit, change)
+            ok, err = True, None
+        except CoreosLabError as exc:
+            ok, err = False, str(exc)
+            failed_units.add(unit)
+        for a in plan:
+            if a.unit == unit and a.kind in ("schedule", "unschedule"):
+                done.append(ActionOutcome(a, ok, err))
+    fresh = {r.name: r for r in store.list()}
+    for a in plan:
+        if a.kind in ("schedule", "unschedule"):
+            continue
+        if a.unit in failed_units and a.kind in ("load", "start"):
+            done.append(ActionOutcome(a, False, "record update failed"))
+            continue
+        done.append(_execute(cluster, a, fresh.get(a.unit) or by_name.get(a.unit), timeout))
+    # Undeploys left pending by an unreachable node: finished once no reachable node still has the unit.
+    unloaded = {(d.action.unit, d.action.node) for d in done if d.ok and d.action.kind == "unload"}
+    for r in records:
+        if r.desired_state != "inactive" or (only is not None and r.name not in only):
+            continue
+        still = [n for n in observed.get(r.name, {}) if (r.name, n) not in unloaded]
+        pending = [t for t in r.targets if not (facts.get(t) and facts[t].reachable)]
+        if not still and not pending and store.delete(r.name):
+            deleted.append(r.name)
+    return ReconcileResult(tuple(done), plan.unplaceable, tuple(deleted), False)
+
+
+def _execute(cluster: Cluster, action: Action, record: UnitRecord | None, timeout: float) -> ActionOutcome:
+    try:
+        client = SystemdClient(cluster.runner(action.node))
+        if action.kind == "stop":
+            client.stop(action.unit)
+        elif action.kind == "unload":
+            client.remove(action.unit)
+        elif action.kind == "load":
+            if record is None:
+                return ActionOutcome(action, False, "no record to load from")
+            client.install(action.unit, record.content)
+        elif action.kind == "start":
+            if record is not None and not client.show(action.unit).exists:
+                client.install(action.unit, record.content)
+            client.start(action.unit)
+            state = client.wait_active(action.unit, timeout=timeout, interval=0.3)
+            if not state.is_active:
+                return ActionOutcome(action, False, f"{action.unit} is {state.active_state}/{state.sub_state}")
+    except CoreosLabError as exc:
+        return ActionOutcome(action, False, str(exc))
+    return ActionOutcome(action, True)

@@ -1,0 +1,225 @@
+"""``coreos-lab status``: is my cluster OK? Nodes, etcd, units, as one report and a minikube-style exit bitmask.
+
+Exit code bits: 1 a node is down or unreachable, 2 etcd is unhealthy and has no quorum (one member of three
+down is *not* a failure: the cluster still commits writes), 4 a unit is not in its desired state.
+
+Every node is asked once, in parallel, over its own SSH connection (the probe command, then etcd through a
+forward on that same connection, then systemd for the deployed units). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from coreos_lab.deploy import ETCD_PORT, EtcdKV, UnitRow, observe, probe_nodes, unit_rows
+from coreos_lab.errors import CoreosLabError
+from coreos_lab.state import RecordStore, UnitRecord
+
+if TYPE_CHECKING:
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.config import NodeSpec
+    from coreos_lab.etcd import ClusterHealth, EtcdClient
+
+NODE_DOWN: Final = 1
+ETCD_UNHEALTHY: Final = 2
+UNIT_NOT_DESIRED: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node: Vagrant's state (None when the lab is not a Vagrant lab), SSH, etcd member, leader."""
+
+    name: str
+    ip: str
+    vagrant_state: str | None
+    ssh_ok: bool
+    etcd_ok: bool
+    etcd_leader: bool
+    error: str | None = None
+
+    @property
+    def down(self) -> bool:
+        return not self.ssh_ok or (self.vagrant_state not in (None, "unknown", "running"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ip": self.ip or None,
+            "vagrant_state": self.vagrant_state,
+            "ssh": self.ssh_ok,
+            "etcd": self.etcd_ok,
+            "leader": self.etcd_leader,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdStatus:
+    """The etcd cluster: healthy (all members agree on a leader), quorum, and members seen vs expected."""
+
+    healthy: bool
+    has_quorum: bool
+    member_count: int
+    healthy_members: int
+    expected_members: int
+    leader: str | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "has_quorum": self.has_quorum,
+            "member_count": self.member_count,
+            "healthy_members": self.healthy_members,
+            "expected_members": self.expected_members,
+            "leader": self.leader,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """The whole answer. ``exit_code`` is the bitmask described in the module docstring."""
+
+    nodes: tuple[NodeStatus, ...]
+    etcd: EtcdStatus
+    units: tuple[UnitRow, ...]
+    units_error: str | None
+    duration: float
+
+    @property
+    def exit_code(self) -> int:
+        code = 0
+        if any(n.down for n in self.nodes):
+            code |= NODE_DOWN
+        if not self.etcd.has_quorum:
+            code |= ETCD_UNHEALTHY
+        if self.units_error is not None or any(not u.in_desired_state for u in self.units):
+            code |= UNIT_NOT_DESIRED
+        return code
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per fault, in bit order."""
+        out = [f"node {n.name} is down: {n.error or n.vagrant_state}" for n in self.nodes if n.down]
+        if not self.etcd.has_quorum:
+            out.append(f"etcd has no quorum ({self.etcd.healthy_members}/{self.etcd.member_count} members answer)")
+        if self.units_error is not None:
+            out.append(f"units unknown: {self.units_error}")
+        for u in self.units:
+            if not u.in_desired_state:
+                where = f" on {u.machine}" if u.node else " (no node)"
+                have = u.error or f"{u.active_state or '-'}/{u.sub_state or '-'}"
+                out.append(f"unit {u.unit}{where}: desired {u.desired_state}, is {have}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "nodes": [n.to_json() for n in self.nodes],
+            "etcd": self.etcd.to_json(),
+            "units": [u.to_json() for u in self.units],
+            "units_error": self.units_error,
+            "problems": self.problems,
+            "duration": round(self.duration, 3),
+        }
+
+
+def vagrant_states(lab_dir: Path | None) -> dict[str, str] | None:
+    """``{machine: state}`` from ``vagrant status`` when ``lab_dir`` is a Vagrant lab; None when it is not.
+
+    Any failure (no Vagrant, no coreos_lab.vagrant, a broken Vagrantfile) maps every machine to ``unknown``:
+    the SSH and etcd checks still say whether the nodes work.
+    """
+    if lab_dir is None or not (Path(lab_dir) / "Vagrantfile").is_file():
+        return None
+    try:
+        vagrant = importlib.import_module("coreos_lab.vagrant")
+        lab = vagrant.VagrantLab(Path(lab_dir))
+        return {str(m.name): str(m.state) for m in lab.status()}
+    except (CoreosLabError, ImportError, OSError, AttributeError):
+        return {}
+
+
+def _etcd_probe(cluster: Cluster, name: str, timeout: float) -> EtcdClient:
+    from coreos_lab.etcd import EtcdClient
+
+    session, base = cluster.http_base(name, ETCD_PORT)
+    return EtcdClient(base, session=session, timeout=timeout)
+
+
+def etcd_summary(health: ClusterHealth, expected: int, unreachable: Sequence[str] = ()) -> EtcdStatus:
+    """Fold :class:`~coreos_lab.etcd.ClusterHealth` (plus members we could not even reach) into EtcdStatus."""
+    ok = sum(1 for m in health.members if m.ok and health.leader and m.leader == health.leader)
+    return EtcdStatus(
+        healthy=health.healthy and not unreachable,
+        has_quorum=health.has_quorum,
+        member_count=health.member_count,
+        healthy_members=ok,
+        expected_members=expected,
+        leader=f"{health.leader:x}" if health.leader else None,
+    )
+
+
+def cluster_status(
+    cluster: Cluster,
+    *,
+    lab_dir: Path | None = None,
+    specs: Mapping[str, NodeSpec] | None = None,
+    etcd_timeout: float = 3.0,
+) -> ClusterStatus:
+    """Check everything once and return the report (never raises for a sick cluster: that is the answer)."""
+    from coreos_lab.etcd import ClusterHealth, cluster_health
+
+    started = time.monotonic()
+    vstates = vagrant_states(lab_dir)
+    facts = probe_nodes(cluster, specs)
+    reachable = [n for n, f in facts.items() if f.reachable]
+    clients: dict[str, EtcdClient] = {}
+    for name in reachable:
+        try:
+            clients[name] = _etcd_probe(cluster, name, etcd_timeout)
+        except CoreosLabError:
+            continue
+    health = cluster_health(clients) if clients else ClusterHealth((), 0, len(facts))
+    by_member = {m.name: m for m in health.members}
+    expected = len(specs) if specs else len(facts)
+    etcd = etcd_summary(health, expected, [n for n in facts if n not in clients])
+
+    records: list[UnitRecord] = []
+    units_error: str | None = None
+    if etcd.has_quorum:
+        answering = [n for n in clients if by_member.get(n) and by_member[n].ok]
+        try:
+            records = RecordStore(EtcdKV(clients[answering[0]])).list() if answering else []
+        except CoreosLabError as exc:
+            units_error = str(exc)
+    else:
+        units_error = "etcd has no quorum: desired state unknown"
+    states, errors = observe(cluster, [r.name for r in records], facts)
+    units = tuple(unit_rows(records, facts, states, errors))
+
+    nodes = []
+    for name, f in facts.items():
+        m = by_member.get(name)
+        vstate = None if vstates is None else vstates.get(name, "unknown")
+        nodes.append(
+            NodeStatus(
+                name=name,
+                ip=f.ip,
+                vagrant_state=vstate,
+                ssh_ok=f.reachable,
+                etcd_ok=bool(m and m.ok and m.leader),
+                etcd_leader=bool(m and m.ok and m.member_id and m.member_id == health.leader),
+                error=f.error if not f.reachable else (m.error if m and not m.ok else None),
+            )
+        )
+    for c in clients.values():
+        c.close()
+    return ClusterStatus(tuple(nodes), etcd, units, units_error, time.monotonic() - started)

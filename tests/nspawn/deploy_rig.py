@@ -1,0 +1,35 @@
+"""A private nspawn rig for the deploy end-to-end tests, which stop containers and etcd members on purpose.
+
+The session rig (``tests/nspawn/conftest.py``) is shared with other modules, so faults must not be injected
+there. This rig is the same :class:`~tests.nspawn.rig.NspawnRig`, in its own network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from tests.nspawn.rig import Node, NspawnRig
+
+
+class DeployRig(NspawnRig):
+    """NspawnRig in a namespace of its own (``coreos-lab-deploy-<pid>``), so it can live beside the session rig."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__(n)
+        self.netns = f"coreos-lab-deploy-{os.getpid()}"
+        self.netns_path = f"/run/netns/{self.netns}"
+
+    def power_off(self, node: Node, timeout: float = 20.0) -> float:
+        """Stop one node's container (systemd poweroff, SIGKILL of nspawn by PID if it hangs); returns seconds."""
+        started = time.monotonic()
+        if node.nspawn.poll() is None and node.leader_pid:
+            os.kill(node.leader_pid, signal.SIGRTMIN + 4)
+        try:
+            node.nspawn.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.nspawn.kill()
+            node.nspawn.wait(10)
+        return time.monotonic() - started
