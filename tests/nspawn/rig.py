@@ -292,6 +292,8 @@ class NspawnRig:
         self.known_hosts_path = self.workdir / "known_hosts"
         self.user = USER
         self.boot_seconds = 0.0
+        self._cgroup_name = f"coreos-lab-test-{os.getpid()}"
+        self._cgroups: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -407,6 +409,15 @@ class NspawnRig:
             f"--network-bridge={BRIDGE}", "--console=read-only", "--quiet",
             *binds,
         ]  # fmt: skip
+        # Each container gets its own cgroup before nspawn starts. Without systemd on the host, nspawn
+        # --keep-unit stays in its caller's cgroup and puts the container in "<that>/payload": containers
+        # started from one process would share (and tear down each other's) cgroups, so units fail at
+        # random with status 219/CGROUP. The wrapper joins the cgroup, then execs nspawn (argv, no quoting).
+        cgroups = [str(root / self._cgroup_name / machine) for root in _cgroup_roots()]
+        join = 'for d in "$@"; do [ "$d" = -- ] && break; mkdir -p "$d" && echo $$ > "$d/cgroup.procs" || exit 125; '
+        join += 'shift; done; shift; exec "$@"'
+        argv = ["/bin/sh", "-c", join, "sh", *cgroups, "--", *argv]
+        self._cgroups.extend(cgroups)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         return Node(name, machine, address, self.netns_path, proc, log_path=log_path)
@@ -490,6 +501,9 @@ class NspawnRig:
             for fwd in node.forwards:
                 fwd.close()
         self.nodes.clear()
+        for cgroup in self._cgroups:
+            _remove_cgroup(Path(cgroup).parent)
+        self._cgroups.clear()
         if Path(self.netns_path).exists():
             _sh(["ip", "netns", "del", self.netns], check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -500,6 +514,23 @@ class NspawnRig:
         except OSError:
             return "(no console log)"
         return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def _cgroup_roots() -> list[Path]:
+    """Where to make per-container cgroups: the v2 root, or (hybrid v1 hosts) the systemd + unified trees."""
+    base = Path("/sys/fs/cgroup")
+    if (base / "cgroup.controllers").exists():
+        return [base]
+    return [base / name for name in ("systemd", "unified") if (base / name / "cgroup.procs").exists()]
+
+
+def _remove_cgroup(path: Path) -> None:
+    """Remove a cgroup tree bottom-up (rmdir works once a cgroup has no processes)."""
+    if not path.is_dir() or path == Path("/sys/fs/cgroup"):
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(path, topdown=False), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
 
 
 def _children(pid: int) -> list[int]:
