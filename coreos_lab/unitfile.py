@@ -316,6 +316,43 @@ class UnitFile:
         """fleet's unit hash: SHA1 hex of fleet's serialisation of the options."""
         return unit_hash(self.options)
 
+    def effective(self, section: str, key: str) -> list[str]:
+        """The values systemd ends up with for a list setting: an empty assignment resets the list."""
+        out: list[str] = []
+        for value in self.get_all(section, key):
+            out = [] if value == "" else [*out, value]
+        return out
+
+    def check_loadable(self, name: str | None = None) -> None:
+        """Raise UnitFileError for what systemd refuses to load (its "Refusing." checks), by unit type.
+
+        Services need ExecStart= (or ExecStop=/SuccessAction=) and may have several ExecStart= only with
+        Type=oneshot; sockets need a Listen*= setting, timers an On*= setting, paths a Path*= setting.
+        """
+        uname = name or self.name
+        if not uname:
+            raise UnitFileError("unit file has no name to check it against")
+        kind = validate_unit_name(uname).suffix
+        label = uname
+
+        def has_any(section: str, prefix: str) -> bool:
+            return any(o.section == section and o.name.startswith(prefix) and o.value for o in self.options)
+
+        if kind == "service":
+            starts = self.effective("Service", "ExecStart")
+            stops = self.effective("Service", "ExecStop")
+            if not starts and not stops and not self.get("Service", "SuccessAction"):
+                raise _err(label, 0, "service has no ExecStart= (systemd refuses to load it)")
+            service_type = self.get("Service", "Type") or "simple"
+            if len(starts) > 1 and service_type != "oneshot":
+                raise _err(label, 0, f"several ExecStart= are only allowed with Type=oneshot (Type={service_type})")
+        elif kind == "socket" and not has_any("Socket", "Listen"):
+            raise _err(label, 0, "socket has no Listen*= setting (systemd refuses to load it)")
+        elif kind == "timer" and not has_any("Timer", "On"):
+            raise _err(label, 0, "timer has no On*= setting (systemd refuses to load it)")
+        elif kind == "path" and not has_any("Path", "Path"):
+            raise _err(label, 0, "path unit has no Path*= setting (systemd refuses to load it)")
+
     def check_fleet_limits(self) -> None:
         """Raise UnitFileError for what fleet's API would refuse beyond systemd's rules (long lines)."""
         for line_no, line in enumerate(fleet_serialize(self.options).split("\n"), 1):

@@ -410,3 +410,47 @@ def test_garbled_unit_names_raise_only_unitfileerror(name):
 @given(st.text(alphabet="ab*?[]^\\-/", max_size=8), st.text(alphabet="ab*?[]-/", max_size=8))
 def test_glob_match_never_raises(pattern, name):
     assert glob_match(pattern, name) in (True, False)
+
+
+# ---- what systemd refuses at load time --------------------------------------------------------------------------
+@pytest.mark.parametrize("path", UNITFILES, ids=lambda p: p.name)
+def test_captured_units_are_loadable(path):
+    UnitFile.parse(path.read_text(), name=path.name).check_loadable()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("a.service", "[Unit]\nDescription=x\n", "service has no ExecStart="),
+        ("a.service", "[Service]\nExecStart=/bin/a\nExecStart=\n", "service has no ExecStart="),
+        ("a.service", "[Service]\nExecStart=/bin/a\nExecStart=/bin/b\n", "only allowed with Type=oneshot"),
+        ("a.socket", "[Socket]\nAccept=yes\n", "no Listen"),
+        ("a.timer", "[Timer]\nUnit=a.service\n", "no On"),
+        ("a.path", "[Path]\nUnit=a.service\n", "no Path"),
+    ],
+)
+def test_check_loadable_refuses_like_systemd(name, text, needle):
+    with pytest.raises(UnitFileError, match=needle) as info:
+        UnitFile.parse(text, name=name).check_loadable()
+    assert str(info.value).startswith(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.service", "[Service]\nType=oneshot\nExecStart=/bin/a\nExecStart=/bin/b\n"),
+        ("a.service", "[Service]\nExecStart=/bin/a\nExecStart=\nExecStart=/bin/b\n"),
+        ("a.service", "[Service]\nExecStop=/bin/a\n"),
+        ("a.socket", "[Socket]\nListenStream=8080\n"),
+        ("a.timer", "[Timer]\nOnCalendar=daily\n"),
+        ("a.path", "[Path]\nPathExists=/tmp/x\n"),
+        ("a.target", "[Unit]\nDescription=t\n"),
+    ],
+)
+def test_check_loadable_accepts(name, text):
+    UnitFile.parse(text, name=name).check_loadable()
+
+
+def test_check_loadable_needs_a_name():
+    with pytest.raises(UnitFileError, match="no name"):
+        UnitFile.parse("[Service]\nExecStart=/x\n").check_loadable()
