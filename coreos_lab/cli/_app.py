@@ -50,7 +50,7 @@ class LabGroup(TyperGroup):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(message, err=True)
+    click.echo(secrets.mask_text(message), err=True)  # an error may quote a discovery URL
     sys.exit(code)
 
 
