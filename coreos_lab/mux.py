@@ -390,11 +390,22 @@ class MuxServer:
                 break
         self._shutdown()
 
+    def _forwards_busy(self) -> tuple[bool, float]:
+        """Whether a forwarded connection is open now, and when the last one ended."""
+        busy, last = False, 0.0
+        for r in list(self._runners.values()):
+            active, ended = r.forward_activity()
+            busy = busy or active > 0
+            last = max(last, ended)
+        return busy, last
+
     def _idle_exit(self) -> bool:
+        busy, forward_last = self._forwards_busy()
         with self._lock:
             if self._closing:
                 return True
-            if self._inflight == 0 and time.monotonic() - self._last >= self.idle:
+            last = max(self._last, forward_last)
+            if self._inflight == 0 and not busy and time.monotonic() - last >= self.idle:
                 self._closing = True
                 # Unlink first so new clients spawn a new mux instead of reaching a dying one.
                 with contextlib.suppress(FileNotFoundError):

@@ -446,6 +446,17 @@ class SSHRunner:
                 self._forwards[key] = _Forwarder(self, sock, remote_host, remote_port)
             return path
 
+    def forward_activity(self) -> tuple[int, float]:
+        """(connections open through this runner's forwards now, monotonic time the last one ended).
+
+        The mux counts these as activity, so a long watch through a forward is not cut by its idle exit.
+        """
+        with self._lock:
+            forwards = list(self._forwards.values())
+        active = sum(f.active for f in forwards)
+        last = max((f.last_used for f in forwards), default=0.0)
+        return active, last
+
     def close(self) -> None:
         """Stop the forwards and close the connection (idempotent)."""
         with self._lock:
@@ -492,6 +503,9 @@ class _Forwarder:
         self.sock = sock
         self.remote = (remote_host, remote_port)
         self._stopped = False
+        self._lock = threading.Lock()
+        self.active = 0  # connections being pumped right now
+        self.last_used = time.monotonic()
         sock.listen(64)
         self._thread = threading.Thread(target=self._accept_loop, name=f"forward-{runner.host}", daemon=True)
         self._thread.start()
@@ -505,13 +519,20 @@ class _Forwarder:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.active += 1
         try:
-            chan = self.runner.open_tcp_channel(*self.remote)
-        except Exception as exc:  # reported in the log; the local client sees a closed socket
-            log.warning("%s: forward to %s:%s failed: %s", self.runner.host, *self.remote, exc)
-            conn.close()
-            return
-        _pump(conn, chan)
+            try:
+                chan = self.runner.open_tcp_channel(*self.remote)
+            except Exception as exc:  # reported in the log; the local client sees a closed socket
+                log.warning("%s: forward to %s:%s failed: %s", self.runner.host, *self.remote, exc)
+                conn.close()
+                return
+            _pump(conn, chan)
+        finally:
+            with self._lock:
+                self.active -= 1
+                self.last_used = time.monotonic()
 
     def stop(self) -> None:
         self._stopped = True

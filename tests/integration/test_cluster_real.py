@@ -219,6 +219,38 @@ def test_mux_exits_when_idle_and_is_respawned(
     assert client.ping()["pid"] != pid
 
 
+def test_mux_stays_while_a_forwarded_connection_is_open(
+    servers: list[Sshd], keys: KeyPair, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(3.5)  # a long watch: longer than the mux's idle timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"done")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setenv("COREOS_LAB_MUX_IDLE", "1.5")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with Cluster.from_ssh_config(_config(servers[:1], keys), persist=True) as c:
+            session, url = c.http_base("core-01", httpd.server_address[1])
+            pid = c.runner("core-01").client.ping()["pid"]  # type: ignore[attr-defined]
+            assert session.get(f"{url}/watch", timeout=20).text == "done"
+            assert _alive(pid)  # 3.5 s of forwarded traffic counted as activity
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not _alive(pid)  # and once it ended, the idle timeout applied again
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_no_persist_by_environment_runs_in_process(
     servers: list[Sshd], keys: KeyPair, runtime: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
