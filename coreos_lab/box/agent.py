@@ -64,7 +64,11 @@ USER_KEYS: Final = frozenset(
 )
 FILE_KEYS: Final = frozenset({"path", "content", "encoding", "permissions", "owner"})
 # coreos.<section> -> (unit whose drop-in carries it, environment prefix)
-ENV_SECTIONS: Final = {"etcd": ("etcd.service", "ETCD_"), "etcd2": ("etcd2.service", "ETCD_"), "fleet": ("fleet.service", "FLEET_")}
+ENV_SECTIONS: Final = {
+    "etcd": ("etcd.service", "ETCD_"),
+    "etcd2": ("etcd2.service", "ETCD_"),
+    "fleet": ("fleet.service", "FLEET_"),
+}
 PLACEHOLDERS: Final = ("private_ipv4", "public_ipv4", "private_ipv6", "public_ipv6")
 
 
@@ -82,8 +86,8 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-def _construct_int(loader: yaml.SafeLoader, node: yaml.nodes.Node) -> _Int:
-    value = _Int(loader.construct_yaml_int(node))  # type: ignore[no-untyped-call]
+def _construct_int(loader: yaml.SafeLoader, node: yaml.nodes.ScalarNode) -> _Int:
+    value = _Int(loader.construct_yaml_int(node))
     value.text = str(node.value)
     return value
 
@@ -115,7 +119,7 @@ def _log(message: str) -> None:
 def run_command(argv: Sequence[str]) -> tuple[int, str]:
     """Run a command on this host; return (exit code, stdout+stderr)."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=300, check=False)  # noqa: S603
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 127, str(exc)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
@@ -530,7 +534,9 @@ def _str_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def apply_file(path: Path, *, root: Path = Path("/"), run: RunFn = run_command, env: Mapping[str, str] | None = None) -> Report:
+def apply_file(
+    path: Path, *, root: Path = Path("/"), run: RunFn = run_command, env: Mapping[str, str] | None = None
+) -> Report:
     """Read, substitute, parse and apply one user-data file."""
     try:
         raw = path.read_text(encoding="utf-8")

@@ -307,7 +307,7 @@ def _mounted_proc(tree: Path):  # type: ignore[no-untyped-def]
     try:
         yield
     finally:
-        subprocess.run(["umount", "-l", str(proc)], check=False)  # noqa: S603,S607
+        subprocess.run(["umount", "-l", str(proc)], check=False)
 
 
 def _chroot(tree: Path, argv: Sequence[str]) -> None:
@@ -316,7 +316,7 @@ def _chroot(tree: Path, argv: Sequence[str]) -> None:
 
 def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
     full_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", **(env or {}))
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env, check=False)  # noqa: S603
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env, check=False)
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise BoxError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {tail}")
@@ -326,7 +326,7 @@ def _rmtree(path: Path) -> None:
     # Never follow a mount left behind by an interrupted build into the host's /proc.
     proc = path / "proc"
     if os.path.ismount(proc):
-        subprocess.run(["umount", "-l", str(proc)], check=False)  # noqa: S603,S607
+        subprocess.run(["umount", "-l", str(proc)], check=False)
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -1,9 +1,465 @@
-"""CLI commands: vm (placeholder, filled by its owner)."""
+"""CLI commands that drive the lab's VMs: up, halt, destroy, reload, provision, and ``box build``.
+
+``up`` is Vagrant plus a bounded wait until the cluster is usable: every node answers SSH, its etcd unit is
+active, ``etcdctl endpoint health`` passes and ``member list`` shows the expected number of started
+members. It never re-renders the lab and never asks a discovery service for a new token.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
 import typer
+
+from coreos_lab import config as labconfig
+from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
+from coreos_lab.errors import CoreosLabError, VagrantError
+
+ETCDCTL: Final = "etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s --dial-timeout=3s"
+# Vagrant's messages -> the phase shown per node. First match wins; order follows a boot.
+PHASES: Final = (
+    ("Uploading base box image", "uploading box"),
+    ("Creating image", "creating disk"),
+    ("Creating domain", "creating VM"),
+    ("Importing base box", "importing box"),
+    ("Starting domain", "booting"),
+    ("Booting VM", "booting"),
+    ("Waiting for domain to get an IP", "waiting for IP"),
+    ("Waiting for machine to boot", "waiting for SSH"),
+    ("Machine booted and ready", "booted"),
+    ("Setting hostname", "setting hostname"),
+    ("Configuring and enabling network", "configuring network"),
+    ("Running provisioner", "provisioning"),
+    ("Machine already provisioned", "already provisioned"),
+    ("Machine is already running", "already running"),
+    ("Domain is already running", "already running"),
+    ("Attempting graceful shutdown", "halting"),
+    ("Halting domain", "halting"),
+    ("Removing domain", "removing"),
+    ("Destroying VM", "removing"),
+)
+
+
+def phase_of(message: str) -> str | None:
+    """The short phase name for one of Vagrant's per-node messages, or None when it is not a milestone.
+
+    >>> phase_of("Waiting for machine to boot. This may take a few minutes...")
+    'waiting for SSH'
+    """
+    for needle, phase in PHASES:
+        if needle in message:
+            return phase
+    return None
+
+
+# -- node probe (one SSH command per node per round) --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    """What one probe saw on a node."""
+
+    name: str
+    reachable: bool
+    hostname: str = ""
+    ips: tuple[str, ...] = ()
+    unit_state: str = ""
+    healthy: bool = False
+    members: tuple[tuple[str, str], ...] = ()  # (member name, status) from `etcdctl member list`
+    error: str = ""
+
+    @property
+    def started_members(self) -> int:
+        return sum(1 for _, status in self.members if status == "started")
+
+
+def probe_command(unit: str) -> str:
+    """The shell line run on each node: hostname, addresses, unit state, etcd health and members."""
+    return (
+        "printf 'hostname=%s\\n' \"$(hostname)\"; "
+        "printf 'ips=%s\\n' \"$(hostname -I 2>/dev/null)\"; "
+        f"printf 'active=%s\\n' \"$(systemctl is-active {unit} 2>/dev/null)\"; "
+        f"if {ETCDCTL} endpoint health >/dev/null 2>&1; then echo health=ok; else echo health=bad; fi; "
+        f"{ETCDCTL} member list 2>/dev/null | sed 's/^/member=/'; true"
+    )
+
+
+def parse_probe(name: str, stdout: str) -> NodeHealth:
+    """Parse :func:`probe_command`'s output.
+
+    >>> h = parse_probe("core-01", "hostname=core-01\\nips=10.0.2.15 192.168.56.101\\nactive=active\\n"
+    ...     "health=ok\\nmember=8e9e05c52164694d, started, core-01, http://x:2380, http://x:2379, false\\n")
+    >>> (h.hostname, h.ips, h.unit_state, h.healthy, h.started_members)
+    ('core-01', ('10.0.2.15', '192.168.56.101'), 'active', True, 1)
+    """
+    values: dict[str, str] = {}
+    members: list[tuple[str, str]] = []
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "member":
+            fields = [f.strip() for f in value.split(",")]
+            if len(fields) >= 3:
+                members.append((fields[2], fields[1]))
+        else:
+            values[key] = value.strip()
+    return NodeHealth(
+        name=name,
+        reachable=True,
+        hostname=values.get("hostname", ""),
+        ips=tuple(values.get("ips", "").split()),
+        unit_state=values.get("active", ""),
+        healthy=values.get("health") == "ok",
+        members=tuple(members),
+    )
+
+
+def cluster_ready(health: Mapping[str, NodeHealth], expected_members: int, *, etcd: bool = True) -> bool:
+    """Every node reachable; with ``etcd``, every unit active and healthy with the expected started members."""
+    if not health or not all(h.reachable for h in health.values()):
+        return False
+    if not etcd:
+        return True
+    return all(
+        h.unit_state == "active" and h.healthy and h.started_members == expected_members for h in health.values()
+    )
+
+
+def _probe_all(lab: Path, nodes: Sequence[str], unit: str) -> dict[str, NodeHealth]:
+    from coreos_lab import cluster as cluster_mod
+    from coreos_lab import vagrant
+
+    text = vagrant.ssh_config_text(lab, list(nodes))
+    result: dict[str, NodeHealth] = {}
+    with cluster_mod.Cluster.from_ssh_config(text, accept_new=True, persist=False) as cluster:
+        outcomes = cluster.run_all(probe_command(unit), list(nodes), timeout=40)
+    for name, outcome in outcomes.items():
+        if isinstance(outcome, CoreosLabError):
+            result[name] = NodeHealth(name=name, reachable=False, error=str(outcome))
+        else:
+            result[name] = parse_probe(name, outcome.stdout)
+    return result
+
+
+def wait_ready(
+    lab: Path,
+    nodes: Sequence[str],
+    *,
+    unit: str,
+    expected_members: int,
+    etcd: bool,
+    timeout: float,
+    on_round: Callable[[dict[str, NodeHealth]], None] | None = None,
+    interval: float = 5.0,
+) -> tuple[bool, dict[str, NodeHealth]]:
+    """Probe until ready or ``timeout`` seconds passed; return (ready, last health)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, NodeHealth] = {}
+    while True:
+        try:
+            last = _probe_all(lab, nodes, unit)
+        except CoreosLabError as exc:
+            last = {n: NodeHealth(name=n, reachable=False, error=str(exc)) for n in nodes}
+        if on_round:
+            on_round(last)
+        if cluster_ready(last, expected_members, etcd=etcd):
+            return True, last
+        if time.monotonic() + interval >= deadline:
+            return False, last
+        time.sleep(interval)
+
+
+# -- progress display ---------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Per-node phase display: a live rich table on a terminal, plain ``node: phase`` lines otherwise."""
+
+    nodes: list[str]
+    verbose: bool
+    phases: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    _live: object | None = None
+
+    def __enter__(self) -> Progress:
+        self.phases = dict.fromkeys(self.nodes, "waiting")
+        if sys.stdout.isatty() and not self.verbose:
+            from rich.live import Live
+
+            live = Live(self._table(), refresh_per_second=4, transient=False)  # type: ignore[arg-type]
+            live.start()
+            self._live = live
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._table())  # type: ignore[attr-defined]
+            self._live.stop()  # type: ignore[attr-defined]
+
+    def _table(self) -> object:
+        from rich.table import Table
+
+        table = Table(box=None, show_header=True, header_style="bold" if use_color() else "")
+        table.add_column("NODE")
+        table.add_column("PHASE")
+        for name in self.nodes:
+            table.add_row(name, self.phases.get(name, ""))
+        table.caption = f"{time.monotonic() - self.started:.0f}s"
+        return table
+
+    def set(self, node: str, phase: str) -> None:
+        if self.phases.get(node) == phase:
+            return
+        self.phases[node] = phase
+        if self._live is not None:
+            self._live.update(self._table())  # type: ignore[attr-defined]
+        elif not self.verbose:
+            typer.echo(f"{node}: {phase} ({time.monotonic() - self.started:.0f}s)")
+
+    def line(self, line: str) -> None:
+        from coreos_lab import vagrant
+
+        if self.verbose:
+            typer.echo(line)
+        parsed = vagrant.parse_progress(line, self.nodes)
+        if parsed is not None:
+            phase = phase_of(parsed[1])
+            if phase:
+                self.set(parsed[0], phase)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def _lab(lab: Path | None) -> tuple[Path, labconfig.LabConfig]:
+    path = lab_dir(lab).resolve()
+    return path, labconfig.load(path)
+
+
+def _vagrant(path: Path, cfg: labconfig.LabConfig):  # type: ignore[no-untyped-def]
+    from coreos_lab import vagrant
+
+    return vagrant.VagrantLab(path, provider=cfg.provider)
+
+
+def _check_nodes(cfg: labconfig.LabConfig, nodes: Sequence[str]) -> list[str]:
+    for name in nodes:
+        cfg.node(name)  # ConfigError naming the lab's nodes when unknown
+    return list(nodes)
+
+
+def _invalidate_cluster_cache(path: Path) -> None:
+    from coreos_lab import cluster as cluster_mod
+
+    cluster_mod.invalidate(path)
+
+
+NODES_ARG = typer.Argument(None, help="Nodes (default: all of the lab's).")
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Stream Vagrant's own output.")
+
+
+def up(
+    nodes: list[str] = NODES_ARG,
+    lab: Path | None = LAB_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+    parallel: bool = typer.Option(True, "--parallel/--no-parallel", help="Boot nodes at once (libvirt)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for SSH and a healthy etcd cluster."),
+    wait_timeout: float = typer.Option(900.0, "--wait-timeout", help="Seconds to wait for a healthy cluster."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy."""
+    path, cfg = _lab(lab)
+    chosen = _check_nodes(cfg, nodes or [])
+    targets = chosen or [n.name for n in cfg.nodes]
+    vm = _vagrant(path, cfg)
+    if not vm.parallel_capable and len(targets) > 1:
+        typer.echo(f"note: {cfg.provider} boots nodes one at a time (Vagrant cannot run it in parallel)", err=True)
+    start = time.monotonic()
+    with Progress(targets, verbose) as progress:
+        try:
+            vm.up(chosen or None, parallel=parallel, on_line=progress.line)
+        finally:
+            _invalidate_cluster_cache(path)
+        for name in targets:
+            progress.set(name, "booted, checking cluster" if wait else "up")
+    booted = time.monotonic() - start
+    if not wait:
+        typer.echo(f"vagrant up finished in {booted:.0f}s (not waiting for the cluster: --no-wait)")
+        return
+    states = {m.name: m for m in vm.status()}
+    running = [n.name for n in cfg.nodes if states.get(n.name) is not None and states[n.name].running]
+    probe_nodes = [n for n in targets if n in running]
+    whole = len(running) == cfg.instances
+    unit = "etcd-member.service" if cfg.os == "flatcar" else "etcd2.service"
+    if not whole:
+        typer.echo(
+            f"note: {len(running)} of {cfg.instances} nodes run; waiting for SSH only "
+            "(etcd needs a quorum of the lab's nodes)",
+            err=True,
+        )
+    ready, health = wait_ready(
+        path,
+        probe_nodes,
+        unit=unit,
+        expected_members=cfg.instances,
+        etcd=whole,
+        timeout=wait_timeout,
+    )
+    total = time.monotonic() - start
+    rows = []
+    for spec in cfg.nodes:
+        h = health.get(spec.name)
+        state = states[spec.name].state if spec.name in states else "-"
+        if h is None:
+            rows.append((spec.name, state, spec.ip, "-", "-", "-"))
+            continue
+        rows.append(
+            (
+                spec.name,
+                state if h.reachable else f"{state} (no SSH)",
+                spec.ip if spec.ip in h.ips or not h.reachable else f"{spec.ip} (missing)",
+                h.unit_state or "-",
+                f"{h.started_members}/{cfg.instances}" if h.reachable else "-",
+                "healthy" if h.healthy else "unhealthy",
+            )
+        )
+    if as_json:
+        emit_json(
+            {
+                "ready": ready,
+                "vagrant_seconds": round(booted, 1),
+                "total_seconds": round(total, 1),
+                "nodes": [
+                    dict(zip(("name", "state", "ip", "etcd", "members", "health"), r, strict=True)) for r in rows
+                ],
+            }
+        )
+    else:
+        emit_table(["NODE", "STATE", "IP", "ETCD", "MEMBERS", "HEALTH"], rows)
+        typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
+    if not ready:
+        problems = [f"{h.name}: {h.error or h.unit_state or 'unhealthy'}" for h in health.values() if not _ok(h, cfg)]
+        raise VagrantError(
+            f"the cluster was not healthy within {wait_timeout:g}s ({'; '.join(problems)[:300]})",
+            hint="see `coreos-lab logs etcd-member` or raise --wait-timeout",
+        )
+
+
+def _ok(h: NodeHealth, cfg: labconfig.LabConfig) -> bool:
+    return h.reachable and h.unit_state == "active" and h.healthy and h.started_members == cfg.instances
+
+
+def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kwargs: object) -> None:
+    path, cfg = _lab(lab)
+    chosen = _check_nodes(cfg, nodes or [])
+    vm = _vagrant(path, cfg)
+    start = time.monotonic()
+    with Progress(chosen or [n.name for n in cfg.nodes], verbose) as progress:
+        try:
+            getattr(vm, action)(chosen or None, on_line=progress.line, **kwargs)
+        finally:
+            _invalidate_cluster_cache(path)
+    typer.echo(f"{action}: done in {time.monotonic() - start:.0f}s")
+
+
+def halt(
+    nodes: list[str] = NODES_ARG,
+    lab: Path | None = LAB_OPTION,
+    force: bool = typer.Option(False, "--force", "-f", help="Power off instead of a clean shutdown."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Shut the lab's nodes down (they keep their disks)."""
+    _simple("halt", nodes, lab, verbose, force=force)
+
+
+def destroy(
+    nodes: list[str] = NODES_ARG,
+    lab: Path | None = LAB_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Delete the lab's VMs and their disks (the lab directory stays; `up` recreates them)."""
+    _simple("destroy", nodes, lab, verbose)
+
+
+def reload(
+    nodes: list[str] = NODES_ARG,
+    lab: Path | None = LAB_OPTION,
+    provision: bool = typer.Option(False, "--provision", help="Also copy the user-data again."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Reboot the lab's nodes (re-reading the Vagrantfile)."""
+    _simple("reload", nodes, lab, verbose, provision=provision)
+
+
+def provision(
+    nodes: list[str] = NODES_ARG,
+    lab: Path | None = LAB_OPTION,
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Copy each node's user-data again; the node re-applies it (like a Flatcar reboot would)."""
+    _simple("provision", nodes, lab, verbose)
+
+
+box_app = typer.Typer(help="The offline lab box (Debian + etcd, CoreOS-compatible) for libvirt.", no_args_is_help=True)
+
+
+@box_app.command("build")
+def box_build(
+    add: bool = typer.Option(False, "--add", help="Also `vagrant box add` it as coreos-lab/lab."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cached box is current."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Also copy the .box and .sha256 here."),  # noqa: B008
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build coreos-lab-<version>.box from Debian packages (needs root and debootstrap); cached by recipe."""
+    from coreos_lab import vagrant
+    from coreos_lab.box import build, recipe
+
+    def step(message: str) -> None:
+        if not as_json:
+            typer.echo(f"box: {message}", err=True)
+
+    built = build.build(force=force, on_step=step)
+    paths = [built.path]
+    if output is not None:
+        import shutil
+
+        output.mkdir(parents=True, exist_ok=True)
+        for src in (built.path, built.path.with_name(built.path.name + ".sha256")):
+            shutil.copy2(src, output / src.name)
+        paths.append(output / built.path.name)
+    added = None
+    if add:
+        current = build.added_box_key()
+        if current == built.key:
+            added = "already added"
+        else:
+            step(f"vagrant box add --name {recipe.BOX_NAME}{' --force' if current is not None else ''}")
+            vagrant.box_add(recipe.BOX_NAME, built.path, force=True)
+            added = "added"
+    info = {
+        "box": str(paths[-1]),
+        "sha256": built.sha256,
+        "version": built.version,
+        "key": built.key,
+        "size_mb": round(built.size / 1e6),
+        "cached": built.cached,
+        "seconds": round(built.seconds, 1),
+        "vagrant_box": f"{recipe.BOX_NAME} ({added})" if added else None,
+    }
+    if as_json:
+        emit_json(info)
+        return
+    typer.echo(f"{'cached' if built.cached else 'built'} {paths[-1]} ({info['size_mb']} MB, {info['seconds']}s)")
+    typer.echo(f"sha256 {built.sha256}")
+    if added:
+        typer.echo(f"vagrant box {recipe.BOX_NAME}: {added}")
+    else:
+        typer.echo(f"next: coreos-lab box build --add, then coreos-lab init --provider libvirt --box {recipe.BOX_NAME}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the application."""
+    for name, fn in (("up", up), ("halt", halt), ("destroy", destroy), ("reload", reload), ("provision", provision)):
+        app.command(name)(fn)
+    app.add_typer(box_app, name="box")

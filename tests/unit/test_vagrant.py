@@ -1,0 +1,236 @@
+"""vagrant.py against a scripted stand-in ``vagrant`` on PATH, plus the pure parsers of vagrant.py and cli/vm.py."""
+
+from __future__ import annotations
+
+import os
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coreos_lab import vagrant
+from coreos_lab.cli import vm as vm_cli
+from coreos_lab.errors import VagrantError
+
+FAKE = r"""#!/bin/sh
+# A stand-in for vagrant: logs its argv, answers per subcommand, fails when told to.
+echo "$*" >> "$FAKE_LOG"
+case "$1" in
+  status)
+    echo '1700000000,core-01,provider-name,libvirt'
+    echo '1700000000,core-01,state,running'
+    echo '1700000000,core-02,provider-name,libvirt'
+    echo '1700000000,core-02,state,shutoff'
+    ;;
+  ssh-config)
+    if [ -n "$FAKE_SSH_CONFIG_FAIL" ]; then
+      echo "The provider for this Vagrant-managed machine is reporting that it is not yet ready for SSH." >&2
+      exit 1
+    fi
+    shift
+    for n in "$@"; do printf 'Host %s\n  HostName 127.0.0.1\n  User core\n  Port 22\n\n' "$n"; done
+    ;;
+  ssh)
+    echo "ssh: connect to host 192.168.121.5 port 22: Connection refused" >&2
+    exit 255
+    ;;
+  up|halt|destroy|reload|provision)
+    echo "Bringing machine 'core-01' up with 'libvirt' provider..."
+    echo "==> core-01: Creating domain with the following settings..."
+    echo "==> core-01: Waiting for machine to boot. This may take a few minutes..."
+    echo "warning from vagrant" >&2
+    if [ -n "$FAKE_FAIL" ]; then
+      echo "The provider 'libvirt' could not be found, but was requested to" >&2
+      echo "back the machine 'core-01'. Please use a provider that exists." >&2
+      exit 1
+    fi
+    ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "vagrant"
+    exe.write_text(FAKE)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "vagrant.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.delenv("FAKE_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_SSH_CONFIG_FAIL", raising=False)
+    return log
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Path:
+    d = tmp_path / "lab"
+    d.mkdir()
+    (d / "Vagrantfile").write_text("# rendered\n")
+    return d
+
+
+def make_machine(lab: Path, name: str, ident: str = "abc") -> None:
+    p = lab / ".vagrant/machines" / name / "libvirt"
+    p.mkdir(parents=True, exist_ok=True)
+    (p / "id").write_text(ident)
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines()
+
+
+def test_up_streams_lines_and_runs_in_parallel_on_libvirt(fake: Path, lab: Path) -> None:
+    lines: list[str] = []
+    vagrant.VagrantLab(lab, provider="libvirt").up(on_line=lines.append)
+    assert calls(fake) == ["up --provider=libvirt --parallel"]
+    assert "==> core-01: Waiting for machine to boot. This may take a few minutes..." in lines
+    assert "warning from vagrant" in lines  # stderr is streamed too
+
+
+def test_up_named_nodes_serial_on_virtualbox(fake: Path, lab: Path) -> None:
+    vm = vagrant.VagrantLab(lab, provider="virtualbox")
+    assert not vm.parallel_capable
+    vm.up(["core-02", "core-03"], provision=False)
+    assert calls(fake) == ["up core-02 core-03 --provider=virtualbox --no-parallel --no-provision"]
+
+
+def test_failure_names_missing_provider_plugin(fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(VagrantError) as info:
+        vagrant.VagrantLab(lab, provider="libvirt").up()
+    assert "no 'libvirt' provider" in str(info.value)
+    assert "apt-get install vagrant-libvirt" in str(info.value)
+
+
+def test_ssh_raises_with_stderr_instead_of_swallowing(fake: Path, lab: Path) -> None:
+    with pytest.raises(VagrantError, match="Connection refused"):
+        vagrant.VagrantLab(lab).ssh("core-01", "true")
+
+
+def test_missing_vagrant_binary(tmp_path: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(VagrantError, match="vagrant is not installed") as info:
+        vagrant.VagrantLab(lab).status()
+    assert "apt-get install vagrant" in str(info.value)
+
+
+def test_no_vagrantfile(tmp_path: Path) -> None:
+    with pytest.raises(VagrantError, match="no Vagrantfile"):
+        vagrant.VagrantLab(tmp_path)
+
+
+def test_status_parses_machine_states(fake: Path, lab: Path) -> None:
+    states = vagrant.VagrantLab(lab, provider="libvirt").status()
+    assert [(m.name, m.state, m.provider, m.running) for m in states] == [
+        ("core-01", "running", "libvirt", True),
+        ("core-02", "poweroff", "libvirt", False),  # python-vagrant normalises libvirt states
+    ]
+
+
+def test_ssh_config_is_one_process_cached_and_invalidated(fake: Path, lab: Path) -> None:
+    for name in ("core-01", "core-02", "core-03"):
+        make_machine(lab, name)
+    text = vagrant.ssh_config_text(lab)
+    assert [line for line in text.splitlines() if line.startswith("Host ")] == [
+        "Host core-01",
+        "Host core-02",
+        "Host core-03",
+    ]
+    assert calls(fake) == ["ssh-config core-01 core-02 core-03"]
+    assert vagrant.ssh_config_text(lab) == text
+    assert len(calls(fake)) == 1  # served from <lab>/.coreos-lab/ssh-config
+    assert (lab / ".coreos-lab/ssh-config").read_text() == text
+    make_machine(lab, "core-02", "recreated")  # a machine id changed: ask Vagrant again
+    vagrant.ssh_config_text(lab)
+    assert len(calls(fake)) == 2
+    vagrant.VagrantLab(lab, provider="libvirt").halt(["core-01"])  # lifecycle commands drop the cache
+    assert not (lab / ".coreos-lab/ssh-config").exists()
+    vagrant.ssh_config_text(lab)
+    assert calls(fake)[-1] == "ssh-config core-01 core-02 core-03"
+
+
+def test_ssh_config_falls_back_to_running_machines(fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_machine(lab, "core-01")
+    make_machine(lab, "core-02")
+    monkeypatch.setenv("FAKE_SSH_CONFIG_FAIL", "1")
+    with pytest.raises(VagrantError, match="not yet ready for SSH"):
+        vagrant.ssh_config_text(lab)
+    assert calls(fake)[:2] == ["ssh-config core-01 core-02", "status --machine-readable"]
+    assert calls(fake)[-1] == "ssh-config core-01"  # only the running one is asked for the second time
+
+
+def test_ssh_config_without_machines(fake: Path, lab: Path) -> None:
+    with pytest.raises(VagrantError, match="has been created"):
+        vagrant.ssh_config_text(lab)
+    assert calls(fake) == []
+
+
+def test_explain_failure_keeps_the_last_lines_without_ruby_backtrace() -> None:
+    err = vagrant.explain_failure(
+        "up",
+        1,
+        "An error occurred.\nCall to virDomainCreateWithFlags failed: no space\n"
+        "\tfrom /usr/lib/ruby/x.rb:7:in `create'\n",
+    )
+    assert str(err) == (
+        "vagrant up failed (exit 1): An error occurred. | Call to virDomainCreateWithFlags failed: no space"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("==> core-01: Starting domain.", ("core-01", "Starting domain.")),
+        ("    core-02: SSH address: 192.168.121.5:22", ("core-02", "SSH address: 192.168.121.5:22")),
+        ("\x1b[1m==> core-03: Booting VM...\x1b[0m", ("core-03", "Booting VM...")),
+        ("==> other-01: Starting domain.", None),
+        ("Bringing machine 'core-01' up with 'libvirt' provider...", None),
+    ],
+)
+def test_parse_progress(line: str, expected: tuple[str, str] | None) -> None:
+    assert vagrant.parse_progress(line, ["core-01", "core-02", "core-03"]) == expected
+
+
+def test_phases() -> None:
+    assert vm_cli.phase_of("Creating domain with the following settings...") == "creating VM"
+    assert vm_cli.phase_of("Machine booted and ready!") == "booted"
+    assert vm_cli.phase_of(" -- Memory:            1024M") is None
+
+
+PROBE = textwrap.dedent(
+    """\
+    hostname=core-01
+    ips=192.168.121.10 192.168.56.101
+    active=active
+    health=ok
+    member=1, started, core-01, http://192.168.56.101:2380, http://192.168.56.101:2379, false
+    member=2, started, core-02, http://192.168.56.102:2380, http://192.168.56.102:2379, false
+    member=3, unstarted, , http://192.168.56.103:2380, , false
+    """
+)
+
+
+def test_parse_probe_and_readiness() -> None:
+    h = vm_cli.parse_probe("core-01", PROBE)
+    assert h.ips == ("192.168.121.10", "192.168.56.101")
+    assert h.members[2] == ("", "unstarted")
+    assert h.started_members == 2
+    assert not vm_cli.cluster_ready({"core-01": h}, 3)
+    assert vm_cli.cluster_ready({"core-01": h}, 2)
+    down = vm_cli.NodeHealth(name="core-02", reachable=False, error="timed out")
+    assert not vm_cli.cluster_ready({"core-01": h, "core-02": down}, 2)
+    assert vm_cli.cluster_ready({"core-01": h}, 3, etcd=False)
+    unhealthy = vm_cli.parse_probe("core-01", PROBE.replace("health=ok", "health=bad"))
+    assert not vm_cli.cluster_ready({"core-01": unhealthy}, 2)
+
+
+def test_probe_command_quotes_nothing_from_outside() -> None:
+    cmd = vm_cli.probe_command("etcd-member.service")
+    assert "systemctl is-active etcd-member.service" in cmd
+    assert cmd.endswith("true")
+    assert os.linesep not in cmd
