@@ -133,6 +133,13 @@ def _ensure_base(root: Path, log: Path, verbose: bool) -> Path:
     return base
 
 
+def _age(path: Path) -> float:
+    try:
+        return time.time() - max((path / "ok").stat().st_mtime, path.stat().st_mtime)
+    except OSError:
+        return 0.0
+
+
 def ensure_rootfs(*, verbose: bool = False) -> Path:
     """Return the build directory, building the rootfs first if this recipe has none yet.
 
@@ -140,6 +147,8 @@ def ensure_rootfs(*, verbose: bool = False) -> Path:
     """
     final = build_dir()
     if (final / "ok").exists():
+        with contextlib.suppress(OSError):
+            (final / "ok").touch()  # "last used", for pruning
         return final
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -166,9 +175,10 @@ def ensure_rootfs(*, verbose: bool = False) -> Path:
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        # Older recipes' trees are dead weight (hundreds of MB each); the current base stays.
+        # Older recipes' trees are dead weight (hundreds of MB each), but a rig started by another test
+        # run may still boot from one: only trees unused for a day go.
         for old in root.iterdir():
-            if old.is_dir() and old.name not in (final.name, base.name):
+            if old.is_dir() and old.name not in (final.name, base.name) and _age(old) > 86400:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(old)
         if verbose:
