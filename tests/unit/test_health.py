@@ -1,0 +1,136 @@
+"""health.py: the status bitmask and the etcd/Vagrant folding, from data and from fake nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coreos_lab import health
+from coreos_lab.cluster import Cluster
+from coreos_lab.deploy import UnitRow
+from coreos_lab.etcd import ClusterHealth, MemberHealth
+from coreos_lab.health import ClusterStatus, EtcdStatus, NodeStatus
+from coreos_lab.testing import FakeRunner
+
+LEADER = 0xA1
+
+
+def members(*ok: bool) -> tuple[MemberHealth, ...]:
+    return tuple(
+        MemberHealth(f"core-0{i}", True, member_id=0xA0 + i, leader=LEADER)
+        if good
+        else MemberHealth(f"core-0{i}", False, error="connection refused")
+        for i, good in enumerate(ok, start=1)
+    )
+
+
+def etcd(*ok: bool) -> EtcdStatus:
+    agreeing = sum(ok)
+    ch = ClusterHealth(members(*ok), LEADER if agreeing > len(ok) // 2 else 0, len(ok))
+    return health.etcd_summary(ch, len(ok))
+
+
+def node(name: str, *, ssh: bool = True, vagrant: str | None = None) -> NodeStatus:
+    return NodeStatus(name, "10.0.0.1", vagrant, ssh, ssh, False, None if ssh else "down")
+
+
+def row(active: str, desired: str = "launched", error: str | None = None, node: str = "core-01") -> UnitRow:
+    return UnitRow("myapp.service", node, "10.0.0.1", desired, "loaded", active, "running", "0" * 40, error)
+
+
+def status(nodes: list[NodeStatus], e: EtcdStatus, units: list[UnitRow], units_error: str | None = None) -> int:
+    return ClusterStatus(tuple(nodes), e, tuple(units), units_error, 0.1).exit_code
+
+
+ALL_UP = [node("core-01"), node("core-02"), node("core-03")]
+
+
+def test_all_good_is_zero() -> None:
+    assert status(ALL_UP, etcd(True, True, True), [row("active")]) == 0
+
+
+def test_one_member_of_three_down_keeps_quorum_and_is_not_bit_2() -> None:
+    e = etcd(True, True, False)
+    assert e.has_quorum
+    assert not e.healthy
+    assert (e.healthy_members, e.member_count, e.expected_members) == (2, 3, 3)
+    assert status(ALL_UP, e, []) == 0
+
+
+def test_two_members_down_is_bit_2_only() -> None:
+    e = etcd(True, False, False)
+    assert not e.has_quorum
+    # without quorum the desired state is unknown: reported, but it is etcd's fault (bit 2), not a unit's (bit 4)
+    assert status(ALL_UP, e, [], "etcd has no quorum") == 2
+
+
+def test_node_down_sets_bit_1_and_its_units_bit_4() -> None:
+    nodes = [node("core-01", ssh=False), node("core-02"), node("core-03")]
+    assert status(nodes, etcd(False, True, True), []) == 1
+    assert status(nodes, etcd(False, True, True), [row("", error="unreachable")]) == 5
+
+
+@pytest.mark.parametrize(
+    ("desired", "active", "ok"),
+    [
+        ("launched", "active", True),
+        ("launched", "failed", False),
+        ("launched", "inactive", False),
+        ("loaded", "inactive", True),
+        ("loaded", "active", False),
+    ],
+)
+def test_unit_desired_vs_actual(desired: str, active: str, ok: bool) -> None:
+    assert row(active, desired).in_desired_state is ok
+    assert status(ALL_UP, etcd(True, True, True), [row(active, desired)]) == (0 if ok else 4)
+
+
+def test_unplaced_unit_is_not_in_desired_state() -> None:
+    unplaced = UnitRow("x.service", "", "", "launched", "", "", "", "0" * 40)
+    assert status(ALL_UP, etcd(True, True, True), [unplaced]) == 4
+
+
+def test_vagrant_state_counts_only_when_known() -> None:
+    assert status([node("core-01", vagrant="running")], etcd(True), []) == 0
+    assert status([node("core-01", vagrant="unknown")], etcd(True), []) == 0
+    assert status([node("core-01", vagrant="poweroff")], etcd(True), []) == 1
+
+
+def test_everything_wrong_is_seven_and_problems_name_each_fault() -> None:
+    report = ClusterStatus(
+        (node("core-01", ssh=False), node("core-02")),
+        etcd(False, False, True),
+        (row("failed", node="core-02"),),
+        None,
+        0,
+    )
+    assert report.exit_code == 7
+    text = "\n".join(report.problems)
+    assert "node core-01 is down" in text
+    assert "etcd has no quorum" in text
+    assert "unit myapp.service on core-02/10.0.0.1: desired launched, is failed/running" in text
+    assert report.to_json()["exit_code"] == 7
+
+
+def test_vagrant_states_tolerates_absence_and_failure(tmp_path: Path) -> None:
+    assert health.vagrant_states(None) is None
+    assert health.vagrant_states(tmp_path) is None  # not a Vagrant lab
+    (tmp_path / "Vagrantfile").write_text("this is not ruby")
+    states = health.vagrant_states(tmp_path)  # vagrant missing or failing: every machine 'unknown'
+    assert states == {}
+
+
+def test_cluster_status_on_fake_nodes_without_etcd() -> None:
+    answer = "m\n@@coreos-lab@@\nrole=web\n@@coreos-lab@@\ncore-01\n@@coreos-lab@@\n10.1.1.1\n"
+    up = FakeRunner("core-01", {"@@coreos-lab@@": answer})
+    down = FakeRunner("core-02", {"@@coreos-lab@@": (255, "", "connection refused")})
+    with Cluster({"core-01": up, "core-02": down}) as cluster:
+        report = health.cluster_status(cluster)
+    by = {n.name: n for n in report.nodes}
+    assert by["core-01"].ssh_ok
+    assert by["core-01"].ip == "10.1.1.1"
+    assert not by["core-02"].ssh_ok
+    assert not by["core-01"].etcd_ok  # a FakeRunner cannot forward ports: no etcd reachable
+    assert report.exit_code == 1 | 2
+    assert report.units_error is not None
