@@ -47,12 +47,18 @@ class Cluster:
 
     def __init__(
         self,
-        runners: Mapping[str, Runner],
+        runners: Mapping[str, Runner] | None = None,
         targets: Mapping[str, SSHTarget] | None = None,
         *,
         config_text: str | None = None,
+        factory: Callable[[str], Runner] | None = None,
     ) -> None:
-        self._runners = dict(runners)
+        """Either ready ``runners``, or ``targets`` plus a ``factory`` making each node's runner on first use."""
+        if runners is None and (targets is None or factory is None):
+            raise TypeError("Cluster needs runners, or targets and a factory")
+        self._runners: dict[str, Runner] = dict(runners or {})
+        self._names = list(runners) if runners is not None else list(targets or {})
+        self._factory = factory
         self.targets: dict[str, SSHTarget] = dict(targets or {})
         self.config_text = config_text
         self._sessions: dict[tuple[str, str, int], tuple[requests.Session, str]] = {}
@@ -72,19 +78,24 @@ class Cluster:
     ) -> Cluster:
         """Runners for ``targets``: in the mux when ``persist`` (and not opted out), else in-process."""
         text = config_text if config_text is not None else format_ssh_config(targets)
-        runners: dict[str, Runner] = {}
+        factory: Callable[[str], Runner]
         if persist and not _persist_disabled():
             from coreos_lab.mux import MuxClient, MuxRunner
 
             client = MuxClient(text, accept_new=accept_new)
-            for name in targets:
-                runners[name] = MuxRunner(client, name, default_timeout=default_timeout)
-        else:
-            from coreos_lab.ssh import SSHRunner
 
-            for name, target in targets.items():
-                runners[name] = SSHRunner(target, accept_new=accept_new, default_timeout=default_timeout)
-        return cls(runners, targets, config_text=text)
+            def factory(name: str) -> Runner:
+                return MuxRunner(client, name, default_timeout=default_timeout)
+
+        else:
+
+            def factory(name: str) -> Runner:
+                # Imported on first use: listing commands (ssh-config, inventory) never load paramiko.
+                from coreos_lab.ssh import SSHRunner
+
+                return SSHRunner(targets[name], accept_new=accept_new, default_timeout=default_timeout)
+
+        return cls(None, targets, config_text=text, factory=factory)
 
     @classmethod
     def from_ssh_config(cls, text: str, *, accept_new: bool = False, persist: bool = False) -> Cluster:
@@ -115,22 +126,27 @@ class Cluster:
     # -- nodes ---------------------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
-        return list(self._runners)
+        return list(self._names)
 
     def runner(self, name: str) -> Runner:
-        try:
-            return self._runners[name]
-        except KeyError:
-            raise UsageError(f"no node named {name!r} (nodes: {', '.join(self._runners) or 'none'})") from None
+        """The runner of node ``name`` (UsageError naming the nodes when there is none)."""
+        with self._lock:
+            existing = self._runners.get(name)
+            if existing is not None:
+                return existing
+            if name not in self._names or self._factory is None:
+                raise UsageError(f"no node named {name!r} (nodes: {', '.join(self._names) or 'none'})")
+            made = self._runners[name] = self._factory(name)
+            return made
 
     def select(self, names: Iterable[str] | None) -> list[str]:
         """Validate a node selection; None or empty means every node, in cluster order."""
         chosen = list(dict.fromkeys(names or ()))
         if not chosen:
             return self.names
-        unknown = [n for n in chosen if n not in self._runners]
+        unknown = [n for n in chosen if n not in self._names]
         if unknown:
-            raise UsageError(f"no node named {', '.join(map(repr, unknown))} (nodes: {', '.join(self._runners)})")
+            raise UsageError(f"no node named {', '.join(map(repr, unknown))} (nodes: {', '.join(self._names)})")
         return chosen
 
     # -- fan-out -------------------------------------------------------------------------------------
@@ -151,7 +167,7 @@ class Cluster:
 
         def one(name: str) -> NodeOutcome:
             try:
-                return self._runners[name].run(cmd, timeout=timeout, sudo=sudo)
+                return self.runner(name).run(cmd, timeout=timeout, sudo=sudo)
             except CoreosLabError as exc:
                 return exc
             except Exception as exc:  # a backend bug on one node must not hide the others
@@ -169,7 +185,7 @@ class Cluster:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
-                    max_workers=min(MAX_WORKERS, max(1, len(self._runners))), thread_name_prefix="coreos-lab-node"
+                    max_workers=min(MAX_WORKERS, max(1, len(self._names))), thread_name_prefix="coreos-lab-node"
                 )
             return self._pool
 
@@ -179,7 +195,7 @@ class Cluster:
 
         def one(name: str) -> T | CoreosLabError:
             try:
-                return fn(self._runners[name])
+                return fn(self.runner(name))
             except CoreosLabError as exc:
                 return exc
 
@@ -234,7 +250,9 @@ class Cluster:
             pool.shutdown(wait=True)
         for session, _ in sessions:
             session.close()
-        for r in self._runners.values():
+        with self._lock:
+            runners = list(self._runners.values())
+        for r in runners:
             with contextlib.suppress(Exception):
                 r.close()
 
