@@ -291,7 +291,8 @@ def units(
         columns = ["node", "unit", "load", "active", "sub", "description"]
         emit_table([c.upper() for c in columns], ([r[c] for c in columns] for r in records))
         for name, error in failed.items():
-            typer.echo(f"error: {name}: {error}", err=True)
+            said = error if error.startswith(f"{name}:") else f"{name}: {error}"  # runner errors name the host
+            typer.echo(f"error: {said}", err=True)
     if failed:
         raise typer.Exit(1)
 

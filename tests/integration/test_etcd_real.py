@@ -364,3 +364,62 @@ def test_through_an_ssh_tunnel(etcd_single: EtcdMember, tmp_path: Path) -> None:
                 assert runner.connect_count == 1
     finally:
         server.stop()
+
+
+# -- the CLI against a loopback member (nodes are LocalRunners: http_base is the address itself) -----------
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, member: EtcdMember, *args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    import coreos_lab.cluster
+    from coreos_lab.cli import app
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.runner import LocalRunner
+
+    monkeypatch.setattr(coreos_lab.cluster, "open_cluster", lambda **kwargs: Cluster({"m1": LocalRunner("m1")}))
+    result = CliRunner().invoke(app, [*args, "--port", str(member.client_port)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_etcd_commands(monkeypatch: pytest.MonkeyPatch, etcd_single: EtcdMember) -> None:
+    import json
+
+    base = _unique("cli")
+    code, out, err = _cli(monkeypatch, etcd_single, "etcd", "put", f"{base}/k", "v 1")
+    assert code == 0, err
+    assert out.startswith("OK (revision ")
+    code, out, _ = _cli(monkeypatch, etcd_single, "etcd", "get", f"{base}/", "--prefix", "--json")
+    assert [(kv["key"], kv["value"]) for kv in json.loads(out)] == [(f"{base}/k", "v 1")]
+    code, out, err = _cli(monkeypatch, etcd_single, "etcd", "get", f"{base}/nothing")
+    assert (code, out) == (1, "")
+    assert err == f"error: key not found: {base}/nothing\n"
+    code, out, _ = _cli(monkeypatch, etcd_single, "etcd", "members", "--json")
+    assert [m["name"] for m in json.loads(out)] == [etcd_single.name]
+    code, out, _ = _cli(monkeypatch, etcd_single, "etcd", "health", "--json")
+    assert code == 0
+    assert json.loads(out)["healthy"] is True
+    code, out, _ = _cli(monkeypatch, etcd_single, "etcd", "del", f"{base}/", "--prefix")
+    assert (code, out) == (0, "deleted 1\n")
+    code, out, _ = _cli(monkeypatch, etcd_single, "etcd", "watch", base, "--for", "0.5")
+    assert (code, out) == (0, "")
+
+
+def test_cli_etcd_down_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import coreos_lab.cluster
+    from coreos_lab.cli import app
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.runner import LocalRunner
+
+    monkeypatch.setattr(coreos_lab.cluster, "open_cluster", lambda **kwargs: Cluster({"m1": LocalRunner("m1")}))
+    port = free_port()
+    result = CliRunner().invoke(app, ["etcd", "get", "k", "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: no node's etcd answered: m1: etcd http://127.0.0.1:{port}/version: connection refused\n"
+    )
+    health = CliRunner().invoke(app, ["etcd", "health", "--port", str(port)])
+    assert health.exit_code == 1
+    assert "cluster is unhealthy (NO QUORUM" in health.stdout
