@@ -105,6 +105,7 @@ def exec_cmd(
 ) -> None:
     """Run a command on every node (or --node ones) in parallel; output lines are prefixed by node.
 
+    Options go before the command: coreos-lab exec --node core-01 -- systemctl status etcd.
     Exits 1 if any node failed (non-zero exit, unreachable, timed out).
     """
     line = _command_line(command or [])
@@ -142,7 +143,10 @@ def ssh_cmd(
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
-    """Open an interactive shell on NODE (real ssh), or run a command there and exit with its code."""
+    """Open an interactive shell on NODE (real ssh), or run a command there and exit with its code.
+
+    Options go before NODE: coreos-lab ssh --inventory hosts core-01 -- uptime.
+    """
     words = list(command or [])
     if words and words[0] == "--":
         words = words[1:]
