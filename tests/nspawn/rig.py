@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import itertools
 import os
 import selectors
 import shlex
@@ -58,6 +60,9 @@ BRIDGE = "br-lab"
 CLONE_NEWNET = 0x40000000
 USER = "core"
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_INSTANCES = itertools.count(1)
 
 
 class RigError(Exception):
@@ -292,7 +297,7 @@ class NspawnRig:
         self.known_hosts_path = self.workdir / "known_hosts"
         self.user = USER
         self.boot_seconds = 0.0
-        self._cgroup_name = f"coreos-lab-test-{os.getpid()}"
+        self._instance = next(_INSTANCES)
         self._cgroups: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -356,6 +361,11 @@ class NspawnRig:
             )
         return "\n".join(blocks)
 
+    def _machine_prefix(self) -> str:
+        """Short and unique per rig (two rigs may live in one process): nspawn derives 15-char link names from it."""
+        digest = hashlib.sha256(f"{self.netns}/{os.getpid()}/{self._instance}".encode()).hexdigest()
+        return "n" + digest[:7]
+
     def _make_netns(self) -> None:
         if Path(self.netns_path).exists():  # left over by a crashed run of a process with our PID
             _sh(["ip", "netns", "del", self.netns], check=False)
@@ -399,7 +409,7 @@ class NspawnRig:
                 )
             )
             binds.append(f"--bind-ro={nodedir / 'etcd.env'}:/etc/coreos-lab/etcd.env")
-        machine = f"c{os.getpid()}-{name[-2:]}"
+        machine = f"{self._machine_prefix()}-{name[-2:]}"
         log_path = self.workdir / f"{name}.console.log"
         argv = [
             "nsenter", f"--net={self.netns_path}", "--",
@@ -413,7 +423,7 @@ class NspawnRig:
         # --keep-unit stays in its caller's cgroup and puts the container in "<that>/payload": containers
         # started from one process would share (and tear down each other's) cgroups, so units fail at
         # random with status 219/CGROUP. The wrapper joins the cgroup, then execs nspawn (argv, no quoting).
-        cgroups = [str(root / self._cgroup_name / machine) for root in _cgroup_roots()]
+        cgroups = [str(root / self.netns / machine) for root in _cgroup_roots()]
         join = 'for d in "$@"; do [ "$d" = -- ] && break; mkdir -p "$d" && echo $$ > "$d/cgroup.procs" || exit 125; '
         join += 'shift; done; shift; exec "$@"'
         argv = ["/bin/sh", "-c", join, "sh", *cgroups, "--", *argv]
