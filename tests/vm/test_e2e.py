@@ -1,0 +1,204 @@
+"""End to end on real VMs, in the rig: box build -> init -> up -> checks over SSH -> destroy, twice.
+
+1. a 3-node lab bootstrapped statically: every node's etcd-member active, 3 started members, endpoint
+   health OK everywhere, hostnames and private IPs as rendered;
+2. a lab bootstrapped through self-hosted discovery on the rig's own etcd (namespace side), with the same
+   checks plus the discovery directory holding every member.
+
+Everything talks to the VMs from inside the rig's network namespace. Slow (minutes per lab on software
+emulation) and needs root; the timeouts are generous on purpose: the 2 cores are shared by all guests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from coreos_lab import config as labconfig
+from tests.vm.conftest import Rig
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(3000)]
+
+CLI = [str(Path(sys.executable).with_name("coreos-lab"))]  # the installed console script, as users run it
+SELF_HOSTED_NODES = int(os.environ.get("COREOS_LAB_E2E_SELF_HOSTED_NODES", "3"))
+
+
+def coreos_lab(rig: Rig, *args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    return rig.run([*CLI, *args], cwd=cwd, timeout=timeout)
+
+
+def ssh_config(rig: Rig, lab: Path) -> Path:
+    """Vagrant's own ssh-config (not ours), so the checks do not depend on the code under test."""
+    text = rig.run(["vagrant", "ssh-config"], cwd=lab, timeout=300).stdout
+    path = lab / "e2e-ssh-config"
+    path.write_text(text)
+    return path
+
+
+def on_node(rig: Rig, cfg_file: Path, node: str, command: str, *, check: bool = True) -> str:
+    argv = ["ssh", "-F", str(cfg_file), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", node, command]
+    return rig.run(argv, timeout=120, check=check).stdout
+
+
+def until(fn, timeout: float, interval: float = 5.0):  # type: ignore[no-untyped-def]
+    """Call ``fn`` until it returns a truthy value or raises no AssertionError; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = fn()
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g}s")
+        time.sleep(interval)
+
+
+def check_cluster(rig: Rig, lab: Path) -> None:
+    cfg = labconfig.load(lab)
+    cfg_file = ssh_config(rig, lab)
+    expected = {n.name for n in cfg.nodes}
+    for node in cfg.nodes:
+        out = on_node(
+            rig,
+            cfg_file,
+            node.name,
+            "hostname; hostname -I; systemctl is-active etcd-member.service; "
+            "etcdctl --endpoints=http://127.0.0.1:2379 endpoint health; "
+            "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json",
+        )
+        lines = out.splitlines()
+        assert lines[0] == node.name, out
+        assert node.ip in lines[1].split(), out
+        assert lines[2] == "active", out
+        assert "is healthy" in lines[3], out
+        members = json.loads("\n".join(lines[4:]))["members"]
+        assert {m["name"] for m in members} == expected, out
+        assert all(m.get("clientURLs") for m in members), out  # started members advertise client URLs
+        peer_urls = sorted(u for m in members for u in m["peerURLs"])
+        assert peer_urls == sorted(f"http://{n.ip}:2380" for n in cfg.nodes)
+    # a write on one node is read on another: it is one cluster, not three
+    first, last = cfg.nodes[0].name, cfg.nodes[-1].name
+    on_node(rig, cfg_file, first, "etcdctl --endpoints=http://127.0.0.1:2379 put /e2e/hello world")
+    assert (
+        on_node(
+            rig, cfg_file, last, "etcdctl --endpoints=http://127.0.0.1:2379 get --print-value-only /e2e/hello"
+        ).strip()
+        == "world"
+    )
+
+
+def destroy_and_check(rig: Rig, lab: Path) -> None:
+    coreos_lab(rig, "destroy", cwd=lab, timeout=600)
+    domains = subprocess.run(["virsh", "-q", "list", "--all", "--name"], capture_output=True, text=True, timeout=60)
+    prefix = lab.name + "_"
+    assert not [d for d in domains.stdout.split() if d.startswith(prefix)], domains.stdout
+    status = rig.run(["vagrant", "status", "--machine-readable"], cwd=lab, timeout=300).stdout
+    states = [line.split(",")[3] for line in status.splitlines() if line.split(",")[2:3] == ["state"]]
+    assert states
+    assert set(states) == {"not_created"}, status
+
+
+def test_box_build_is_cached_and_added(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> None:
+    work = tmp_path_factory.mktemp("box")
+    out = coreos_lab(rig, "box", "build", "--add", "--json", cwd=work, timeout=3600).stdout
+    info = json.loads(out)
+    assert Path(info["box"]).stat().st_size > 100_000_000
+    sha = Path(info["box"] + ".sha256").read_text().split()[0]
+    assert sha == info["sha256"]
+    boxes = rig.run(["vagrant", "box", "list"], cwd=work, timeout=120).stdout
+    assert "coreos-lab/lab" in boxes
+    again = json.loads(coreos_lab(rig, "box", "build", "--add", "--json", cwd=work, timeout=600).stdout)
+    assert again["cached"] is True
+    assert again["vagrant_box"] == "coreos-lab/lab (already added)"
+
+
+def test_static_lab(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> None:
+    lab = tmp_path_factory.mktemp("labs") / "e2e"
+    coreos_lab(
+        rig,
+        "init",
+        str(lab),
+        "--instances",
+        "3",
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--bootstrap",
+        "static",
+        cwd=lab.parent,
+    )
+    try:
+        start = time.monotonic()
+        up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
+        print(f"static lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
+        assert "ready after" in up.stdout
+        check_cluster(rig, lab)
+        # `vagrant provision` replaces the user-data: the box must apply the new file (path unit).
+        user_data = lab / "user-data" / "core-01.yaml"
+        user_data.write_text(
+            user_data.read_text().replace(
+                "write_files:\n",
+                'write_files:\n  - path: "/etc/coreos-lab/e2e-reprovisioned"\n    content: "yes"\n',
+                1,
+            )
+        )
+        coreos_lab(rig, "provision", "core-01", cwd=lab, timeout=900)
+        cfg_file = ssh_config(rig, lab)
+        until(
+            lambda: on_node(rig, cfg_file, "core-01", "cat /etc/coreos-lab/e2e-reprovisioned", check=False) == "yes",
+            300,
+        )
+    finally:
+        destroy_and_check(rig, lab)
+
+
+def test_self_hosted_discovery_lab(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> None:
+    lab = tmp_path_factory.mktemp("labs") / "e2esh"
+    coreos_lab(
+        rig,
+        "init",
+        str(lab),
+        "--instances",
+        str(SELF_HOSTED_NODES),
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--bootstrap",
+        "self-hosted",
+        "--discovery-endpoint",
+        rig.etcd_url,
+        cwd=lab.parent,
+    )
+    cfg = labconfig.load(lab)
+    assert cfg.discovery_url
+    assert cfg.discovery_url.startswith(rig.etcd_url + "/v2/keys/discovery/")
+    try:
+        start = time.monotonic()
+        up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
+        print(f"self-hosted lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
+        check_cluster(rig, lab)
+        # the members registered themselves in the rig's discovery directory
+        path = urllib.parse.urlparse(cfg.discovery_url).path
+        listing = rig.run(["curl", "-fsS", f"http://127.0.0.1:2379{path}"], timeout=30).stdout
+        nodes = json.loads(listing)["node"].get("nodes", [])
+        registered = [n for n in nodes if not n["key"].endswith("/_config")]
+        assert len(registered) == SELF_HOSTED_NODES, listing
+    finally:
+        destroy_and_check(rig, lab)
+
+
+def test_nothing_left_running(rig: Rig) -> None:
+    qemu = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30).stdout
+    assert not [line for line in qemu.splitlines() if "qemu-system" in line and "guest=e2e" in line]
