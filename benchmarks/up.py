@@ -120,8 +120,9 @@ def main() -> int:
             )
         if len(results) >= 2:
             one, many = results[0], results[-1]
+            scale = many["coreos_lab_up_s"] / one["coreos_lab_up_s"]
             print(
-                f"{many['nodes']} vs {one['nodes']} nodes: coreos-lab up x{many['coreos_lab_up_s'] / one['coreos_lab_up_s']:.2f}"
+                f"{many['nodes']} vs {one['nodes']} nodes: coreos-lab up x{scale:.2f}"
                 f", raw x{many['raw_total_s'] / one['raw_total_s']:.2f} (parallel boot: well under x{many['nodes']})"
             )
     return 0
