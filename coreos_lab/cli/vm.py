@@ -287,8 +287,9 @@ def up(
     if not wait:
         typer.echo(f"vagrant up finished in {booted:.0f}s (not waiting for the cluster: --no-wait)")
         return
-    states = {m.name: m for m in vm.status()}
-    running = [n.name for n in cfg.nodes if states.get(n.name) is not None and states[n.name].running]
+    # After a whole-lab `vagrant up` succeeded every node runs: no `vagrant status` needed (~3 s saved).
+    states = {m.name: m.state for m in vm.status()} if chosen else {n.name: "running" for n in cfg.nodes}
+    running = [n.name for n in cfg.nodes if states.get(n.name) == "running"]
     probe_nodes = [n for n in targets if n in running]
     whole = len(running) == cfg.instances
     unit = "etcd-member.service" if cfg.os == "flatcar" else "etcd2.service"
@@ -310,7 +311,7 @@ def up(
     rows = []
     for spec in cfg.nodes:
         h = health.get(spec.name)
-        state = states[spec.name].state if spec.name in states else "-"
+        state = states.get(spec.name, "-")
         if h is None:
             rows.append((spec.name, state, spec.ip, "-", "-", "-"))
             continue
