@@ -1,0 +1,327 @@
+"""Deploy, schedule, reconcile and status end to end: the real CLI against 3 real systemd nodes with one etcd.
+
+The module boots its own rig (:class:`tests.nspawn.deploy_rig.DeployRig`, a few seconds from the cached
+rootfs) because its last tests break things on purpose: etcd members are stopped and one node's container
+is powered off. Tests run in file order and share that rig; the destructive ones come last.
+
+What the nodes run is checked independently of coreos-lab, through nsenter (``systemctl is-active`` inside
+each container), never only through the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import require
+from tests.nspawn.deploy_rig import DeployRig
+from tests.nspawn.rig import Node, prerequisites
+
+pytestmark = pytest.mark.nspawn
+
+CLI = [str(Path(sys.executable).parent / "coreos-lab")]
+HELLO = (
+    "[Unit]\nDescription=Hello World\n\n"
+    "[Service]\nExecStart=/bin/sh -c 'while true; do echo Hello World; sleep 1; done'\n"
+)
+SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[DeployRig]:
+    missing = prerequisites()
+    require(not missing, f"nspawn rig needs: {', '.join(missing)}")
+    with DeployRig(3) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def inventory(rig: DeployRig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("deploy-inv") / "ssh_config"
+    path.write_text(rig.ssh_config())
+    return path
+
+
+@pytest.fixture(scope="module")
+def units_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("units")
+
+
+def cli(inventory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    argv = [*CLI, *args, "--inventory", str(inventory), "--no-persist"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def write_unit(d: Path, name: str, text: str) -> str:
+    path = d / name
+    path.write_text(text)
+    return str(path)
+
+
+def fleet_unit(xfleet: str) -> str:
+    return SLEEPER + "\n[X-Fleet]\n" + xfleet
+
+
+def active_on(rig: DeployRig, unit: str) -> list[str]:
+    """Nodes whose systemd says the unit is active (asked through nsenter, not through coreos-lab)."""
+    out = []
+    for node in rig.nodes:
+        if node.nspawn.poll() is not None:
+            continue
+        if node.root(f"systemctl is-active {unit}").stdout.strip() == "active":
+            out.append(node.name)
+    return out
+
+
+def installed_on(rig: DeployRig, unit: str) -> list[str]:
+    return [
+        n.name
+        for n in rig.nodes
+        if n.nspawn.poll() is None and n.root(f"test -e /etc/systemd/system/{unit}").returncode == 0
+    ]
+
+
+def launched(stdout: str, unit: str) -> list[str]:
+    """Node names from fleetctl-style ``Unit X launched on core-02 (10.213.0.12)`` lines."""
+    pattern = re.compile(rf"^Unit {re.escape(unit)} launched on (core-\d\d) \(10\.213\.0\.\d+\)$")
+    return [m.group(1) for m in map(pattern.match, stdout.splitlines()) if m]
+
+
+def test_deploy_hello_world_runs_on_exactly_one_node(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    started = time.monotonic()
+    result = cli(inventory, "deploy", write_unit(units_dir, "myapp.service", HELLO))
+    deploy_seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    [node] = launched(result.stdout, "myapp.service")
+    assert active_on(rig, "myapp.service") == [node]
+    ip = {n.name: n.address for n in rig.nodes}[node]
+    assert result.stdout.strip() == f"Unit myapp.service launched on {node} ({ip})"
+
+    units = cli(inventory, "list-units")
+    assert units.returncode == 0, units.stderr
+    assert [line.split() for line in units.stdout.splitlines()] == [
+        ["UNIT", "MACHINE", "ACTIVE", "SUB"],
+        ["myapp.service", f"{node}/{ip}", "active", "running"],
+    ]
+    files = json.loads(cli(inventory, "list-unit-files", "--json").stdout)
+    assert [(f["unit"], f["dstate"], f["state"], f["targets"]) for f in files] == [
+        ("myapp.service", "launched", "launched", [node])
+    ]
+
+    # Hello World reaches the journal of the node it runs on (bounded wait: the loop prints every second).
+    deadline = time.monotonic() + 15
+    journal = cli(inventory, "journal", "myapp.service", "-n", "5")
+    while "Hello World" not in journal.stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+        journal = cli(inventory, "journal", "myapp.service", "-n", "5")
+    assert journal.returncode == 0, journal.stderr
+    lines = journal.stdout.splitlines()
+    assert lines
+    assert all(f" {node} " in line for line in lines)  # short-iso lines carry the host name
+    assert any(line.endswith("]: Hello World") for line in lines)
+
+    again = cli(inventory, "deploy", str(units_dir / "myapp.service"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Unit myapp.service unchanged: identical content is already deployed")
+    assert active_on(rig, "myapp.service") == [node]
+    cat = cli(inventory, "unit", "cat", "myapp.service")
+    assert cat.stdout == HELLO
+    print(f"\ndeploy myapp.service: {deploy_seconds:.2f}s (CLI process, 3 SSH logins, etcd CAS, start, wait)")
+
+
+def test_concurrent_deploys_of_one_unit_have_one_winner(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    path = write_unit(units_dir, "race.service", SLEEPER)
+    argv = [*CLI, "deploy", path, "--inventory", str(inventory), "--no-persist", "--json"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    statuses = sorted(json.loads(out)[0]["status"] for out, _ in outs)
+    assert statuses == ["launched", "unchanged"], [err for _, err in outs]
+    assert len(active_on(rig, "race.service")) == 1
+
+
+def test_conflicts_pair_lands_on_different_nodes(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    paths = [write_unit(units_dir, f"pair-{x}.service", fleet_unit("Conflicts=pair-*.service\n")) for x in "ab"]
+    result = cli(inventory, "deploy", *paths)
+    assert result.returncode == 0, result.stderr
+    a, b = active_on(rig, "pair-a.service"), active_on(rig, "pair-b.service")
+    assert len(a) == 1
+    assert len(b) == 1
+    assert a != b
+    assert launched(result.stdout, "pair-a.service") == a
+
+
+def test_global_unit_runs_on_every_node(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    result = cli(inventory, "deploy", write_unit(units_dir, "everywhere.service", fleet_unit("Global=true\n")))
+    assert result.returncode == 0, result.stderr
+    assert sorted(launched(result.stdout, "everywhere.service")) == ["core-01", "core-02", "core-03"]
+    assert active_on(rig, "everywhere.service") == ["core-01", "core-02", "core-03"]
+    files = cli(inventory, "list-unit-files")
+    row = next(line.split() for line in files.stdout.splitlines() if line.startswith("everywhere.service"))
+    assert row[2:] == ["launched", "launched", "global"]
+
+
+def test_machine_metadata_role_web_only_on_web_nodes(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    roles = {"core-01": "web", "core-02": "db", "core-03": "web"}
+    for node in rig.nodes:
+        assert node.root(f"printf 'role={roles[node.name]}\\n' > /etc/coreos-lab/metadata").returncode == 0
+    machines = json.loads(cli(inventory, "list-machines", "--json").stdout)
+    assert {m["name"]: m["metadata"] for m in machines} == {n: {"role": r} for n, r in roles.items()}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", m["machine_id"]) for m in machines)
+    table = cli(inventory, "list-machines").stdout.splitlines()
+    assert table[0].split() == ["MACHINE", "IP", "METADATA"]
+    assert table[2].split() == ["core-02", "10.213.0.12", "role=db"]
+
+    web_global = write_unit(units_dir, "web-all.service", fleet_unit("Global=true\nMachineMetadata=role=web\n"))
+    web_one = write_unit(units_dir, "web-one.service", fleet_unit("MachineMetadata=role=web\n"))
+    result = cli(inventory, "deploy", web_global, web_one)
+    assert result.returncode == 0, result.stderr
+    assert active_on(rig, "web-all.service") == ["core-01", "core-03"]
+    assert active_on(rig, "web-one.service")[0] in ("core-01", "core-03")
+    assert len(active_on(rig, "web-one.service")) == 1
+
+    nowhere = cli(inventory, "deploy", write_unit(units_dir, "gpu.service", fleet_unit("MachineMetadata=role=gpu\n")))
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.startswith("error: cannot place gpu.service: no eligible node (core-01: MachineMetadata")
+    assert installed_on(rig, "gpu.service") == []
+
+    # MachineID is the node's /etc/machine-id
+    mid = next(m["machine_id"] for m in machines if m["name"] == "core-02")
+    pinned = cli(inventory, "deploy", write_unit(units_dir, "pinned.service", fleet_unit(f"MachineID={mid}\n")))
+    assert pinned.returncode == 0, pinned.stderr
+    assert active_on(rig, "pinned.service") == ["core-02"]
+
+
+def test_unit_stop_start_status_and_undeploy(rig: DeployRig, inventory: Path) -> None:
+    [node] = active_on(rig, "pinned.service")
+    stop = cli(inventory, "unit", "stop", "pinned.service")
+    assert stop.returncode == 0, stop.stderr
+    assert stop.stdout.startswith(f"Unit pinned.service loaded on {node} (")
+    assert active_on(rig, "pinned.service") == []
+    assert installed_on(rig, "pinned.service") == [node]
+    st = cli(inventory, "unit", "status", "pinned.service")
+    assert st.returncode == 3  # systemctl status: not running
+    assert "inactive (dead)" in st.stdout
+    start = cli(inventory, "unit", "start", "pinned.service")
+    assert start.returncode == 0, start.stderr
+    assert active_on(rig, "pinned.service") == [node]
+    assert cli(inventory, "unit", "status", "pinned.service").returncode == 0
+
+    for _ in range(2):  # idempotent
+        gone = cli(inventory, "undeploy", "pinned.service", "race.service")
+        assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.splitlines() == [
+        "Unit pinned.service was not deployed; nothing to destroy",
+        "Unit race.service was not deployed; nothing to destroy",
+    ]
+    assert installed_on(rig, "pinned.service") == []
+    assert installed_on(rig, "race.service") == []
+    missing = cli(inventory, "unit", "cat", "pinned.service")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: unit pinned.service is not deployed"
+
+
+def status(inventory: Path) -> tuple[int, dict[str, object]]:
+    result = cli(inventory, "status", "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_ok_then_a_failed_unit_is_bit_4(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    started = time.monotonic()
+    code, report = status(inventory)
+    took = time.monotonic() - started
+    assert code == 0, report["problems"]
+    assert report["etcd"]["has_quorum"] is True  # type: ignore[index]
+    assert sum(n["leader"] for n in report["nodes"]) == 1  # type: ignore[attr-defined, union-attr]
+    broken = cli(inventory, "deploy", write_unit(units_dir, "broken.service", "[Service]\nExecStart=/bin/false\n"))
+    assert broken.returncode == 1
+    assert "error: Unit broken.service failed on core-0" in broken.stderr
+    code, report = status(inventory)
+    assert code == 4
+    assert any("unit broken.service" in p for p in report["problems"])  # type: ignore[attr-defined]
+    table = cli(inventory, "status")
+    assert table.returncode == 4
+    assert table.stdout.splitlines()[-1] == "cluster NOT OK (exit 4)"
+    assert cli(inventory, "undeploy", "broken.service").returncode == 0
+    assert status(inventory)[0] == 0
+    print(f"\nstatus on a healthy 3-node cluster: {took:.2f}s (CLI process included)")
+
+
+def _etcd_healthy(nodes: list[Node], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(requests.get(n.etcd_url + "/health", timeout=2).json().get("health") == "true" for n in nodes):
+                return True
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def test_status_two_etcd_members_stopped_is_bit_2(rig: DeployRig, inventory: Path) -> None:
+    one_down = rig.nodes[2]
+    assert one_down.root("systemctl stop etcd").returncode == 0
+    try:
+        code, report = status(inventory)
+        assert code == 0, report["problems"]  # one member of three down: still quorum, not a failure
+        assert report["etcd"]["healthy_members"] == 2  # type: ignore[index]
+        assert rig.nodes[1].root("systemctl stop etcd").returncode == 0
+        code, report = status(inventory)
+        assert code == 2, report["problems"]
+        assert report["etcd"]["has_quorum"] is False  # type: ignore[index]
+    finally:
+        for node in rig.nodes[1:]:
+            node.root("systemctl start etcd")
+        assert _etcd_healthy(rig.nodes)
+    assert status(inventory)[0] == 0
+
+
+def test_node_down_then_reconcile_moves_its_units(rig: DeployRig, inventory: Path) -> None:
+    [home] = active_on(rig, "myapp.service")
+    victim = next(n for n in rig.nodes if n.name == home)
+    survivors = sorted(n.name for n in rig.nodes if n is not victim)
+    moving = [u for u in ("pair-a.service", "pair-b.service", "web-one.service") if active_on(rig, u) == [home]]
+    off_seconds = rig.power_off(victim)
+    t0 = time.monotonic()
+
+    code, report = status(inventory)
+    assert code & 1
+    assert not code & 2  # two of three etcd members still make quorum
+    assert code & 4  # its units are not running any more
+    down = {n["name"]: n["ssh"] for n in report["nodes"]}  # type: ignore[attr-defined, union-attr]
+    assert down == {n.name: n.name != home for n in rig.nodes}
+
+    print(f"\nstatus with {home} down: {time.monotonic() - t0:.2f}s")
+    started = time.monotonic()
+    fix = cli(inventory, "reconcile")
+    reconcile_seconds = time.monotonic() - started
+    assert fix.returncode == 0, fix.stderr
+    assert f"unschedule myapp.service on {home} (node is not healthy)" in fix.stdout
+    [new_home] = active_on(rig, "myapp.service")
+    assert new_home in survivors
+    for unit in moving:
+        assert active_on(rig, unit)
+        assert active_on(rig, unit)[0] in survivors
+    a, b = active_on(rig, "pair-a.service"), active_on(rig, "pair-b.service")
+    assert a != b  # still apart after the move
+    assert active_on(rig, "everywhere.service") == survivors
+
+    again = cli(inventory, "reconcile")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "Nothing to do: every unit is where and how it should be"
+    units = cli(inventory, "list-units", "--json")
+    rows = json.loads(units.stdout)
+    assert all(r["node"] != home for r in rows)
+    assert all(r["active"] == "active" for r in rows)
+    code, _ = status(inventory)
+    assert code == 1  # the node is still down; everything on it has moved
+    moved = [*moving, "myapp.service"]
+    print(f"\npower off {home}: {off_seconds:.2f}s; reconcile: {reconcile_seconds:.2f}s (moved {moved})")
