@@ -8,7 +8,7 @@ APT_PACKAGES=(
   vagrant vagrant-libvirt ruby
   libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables ebtables
   etcd-server etcd-client openssh-server openssh-client sudo
-  systemd-container debootstrap iproute2 e2fsprogs
+  systemd-container debootstrap iproute2 e2fsprogs curl
   python3-venv
 )
 missing=()
