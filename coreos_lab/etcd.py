@@ -434,16 +434,33 @@ class EtcdClient:
         request = {"request_put": {"key": _b64(key), "value": _b64(value)}}
         return self._txn(key, expect_mod_revision, request)
 
+    def txn_put_if_revision(self, key: Bytesish, value: Bytesish, *, expect_mod_revision: int | None) -> int | None:
+        """Like :meth:`txn_put_if`, but returns the new revision of the key (None when the compare failed).
+
+        The transaction's header revision is the key's new mod_revision: no read-back, so no window in which
+        another writer could make our own write look lost.
+        """
+        request = {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        data = self._txn_raw(key, expect_mod_revision, request)
+        if not self._succeeded(data):
+            return None
+        return self._revision(data, "/kv/txn")
+
     def txn_delete_if(self, key: Bytesish, *, expect_mod_revision: int) -> bool:
         """Delete the key only if its mod_revision is ``expect_mod_revision``; returns whether it was deleted."""
         return self._txn(key, expect_mod_revision, {"request_delete_range": {"key": _b64(key)}})
 
     def _txn(self, key: Bytesish, expect_mod_revision: int | None, request: Mapping[str, Any]) -> bool:
+        return self._succeeded(self._txn_raw(key, expect_mod_revision, request))
+
+    def _txn_raw(self, key: Bytesish, expect_mod_revision: int | None, request: Mapping[str, Any]) -> Mapping[str, Any]:
         if expect_mod_revision:
             compare = {"target": "MOD", "result": "EQUAL", "key": _b64(key), "mod_revision": str(expect_mod_revision)}
         else:
             compare = {"target": "CREATE", "result": "EQUAL", "key": _b64(key), "create_revision": "0"}
-        data = self._v3("/kv/txn", {"compare": [compare], "success": [dict(request)], "failure": []})
+        return self._v3("/kv/txn", {"compare": [compare], "success": [dict(request)], "failure": []})
+
+    def _succeeded(self, data: Mapping[str, Any]) -> bool:
         succeeded = data.get("succeeded", False)  # the gateway omits false booleans
         if not isinstance(succeeded, bool):
             raise self._fail(self.api_prefix() + "/kv/txn", f"unexpected 'succeeded' value {succeeded!r}")

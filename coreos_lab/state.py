@@ -346,6 +346,10 @@ class EtcdKV:
         return None if kv is None else (kv.value, kv.mod_revision)
 
     def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
+        exact = getattr(self.client, "txn_put_if_revision", None)
+        if exact is not None:  # the real client reports the transaction's revision: no read-back race
+            revision: int | None = exact(key, value, expect_mod_revision=expected_revision or None)
+            return revision
         if not self.client.txn_put_if(key, value, expect_mod_revision=expected_revision or None):
             return None
         # The client's txn answer carries no revision, so read it back. If another writer has replaced our

@@ -423,3 +423,20 @@ def test_cli_etcd_down_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     health = CliRunner().invoke(app, ["etcd", "health", "--port", str(port)])
     assert health.exit_code == 1
     assert "cluster is unhealthy (NO QUORUM" in health.stdout
+
+
+def test_txn_put_if_revision_is_the_keys_new_mod_revision(client: EtcdClient) -> None:
+    key = _unique("txnrev")
+    first = client.txn_put_if_revision(key, b"a", expect_mod_revision=None)
+    assert first is not None
+    kv = client.get(key)
+    assert kv is not None
+    assert kv.mod_revision == first
+    assert client.txn_put_if_revision(key, b"b", expect_mod_revision=None) is None  # exists already
+    assert client.txn_put_if_revision(key, b"b", expect_mod_revision=first - 1) is None  # stale compare
+    second = client.txn_put_if_revision(key, b"b", expect_mod_revision=first)
+    assert second is not None
+    assert second > first
+    after = client.get(key)
+    assert after is not None
+    assert (after.value, after.mod_revision) == (b"b", second)
