@@ -186,7 +186,7 @@ class MuxClient:
                     return sock
                 time.sleep(0.01)
         tail = ""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, IndexError):  # no log, or an empty one: no detail to add
             tail = (self.directory / f"mux-{self.key}.log").read_text(errors="replace").strip().splitlines()[-1]
         raise SSHError(
             f"mux: did not start within {SPAWN_WAIT:g}s{': ' + tail if tail else ''}", hint="try --no-persist"
