@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +136,23 @@ def test_deploy_hello_world_runs_on_exactly_one_node(rig: DeployRig, inventory: 
     cat = cli(inventory, "unit", "cat", "myapp.service")
     assert cat.stdout == HELLO
     print(f"\ndeploy myapp.service: {deploy_seconds:.2f}s (CLI process, 3 SSH logins, etcd CAS, start, wait)")
+
+
+def test_journal_follow_shows_new_lines(inventory: Path) -> None:
+    argv = [*CLI, "journal", "myapp.service", "-n", "0", "-f", "--interval", "0.3"]
+    follower = subprocess.Popen(
+        [*argv, "--inventory", str(inventory), "--no-persist"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(3.5)  # the unit prints every second
+    finally:
+        follower.send_signal(signal.SIGINT)
+        try:
+            out, _ = follower.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+            out, _ = follower.communicate(timeout=5)
+    assert out.count("Hello World") >= 1
 
 
 def test_concurrent_deploys_of_one_unit_have_one_winner(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
