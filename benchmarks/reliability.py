@@ -92,16 +92,15 @@ def run_campaigns(examples: int) -> dict[str, dict[str, Any]]:
     targets.RAISE_ON_DEFECT = False  # count every generated case; do not stop (and shrink) at the first defect
     results: dict[str, dict[str, Any]] = {}
     try:
-        for name, test in campaigns.CAMPAIGNS.items():
+        for name, calls in campaigns.CAMPAIGNS.items():
             targets.reset_tally()
             start = time.perf_counter()
             first_defect = None
-            try:
-                test()
-            except BaseException as exc:  # a defect (hypothesis re-raises the shrunk failing case)
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                first_defect = " ".join(str(exc).split())[:300]
+            for call in calls:
+                try:
+                    call()
+                except Exception as exc:  # a defect hypothesis re-raised (the tally has the counts)
+                    first_defect = first_defect or " ".join(str(exc).split())[:300]
             tally = targets.TALLY[name]
             results[name] = {
                 "cases": tally.cases,
@@ -110,6 +109,7 @@ def run_campaigns(examples: int) -> dict[str, dict[str, Any]]:
                 "tracebacks": tally.tracebacks,
                 "partial_files": tally.partial,
                 "seconds": round(time.perf_counter() - start, 2),
+                "defects": dict(sorted(tally.signatures.items())),
                 "first_defect": first_defect or (" ".join(tally.samples[0].split())[-400:] if tally.samples else None),
             }
     finally:
@@ -205,8 +205,8 @@ def main() -> int:
         f"{total['tracebacks']:>12}{total['partial_files']:>9}"
     )
     for name, r in campaigns.items():
-        if r["first_defect"]:
-            print(f"  {name}: first defect: {r['first_defect']}")
+        for where, count in r["defects"].items():
+            print(f"  {name}: {count} case(s) ended at {where}")
     if faults is not None:
         print()
         print(f"fault-injection tests (scope {faults['scope']}, {faults['seconds']} s)")

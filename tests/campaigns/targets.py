@@ -17,6 +17,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -76,6 +77,7 @@ class Tally:
     tracebacks: int = 0
     partial: int = 0
     samples: list[str] = field(default_factory=list)
+    signatures: dict[str, int] = field(default_factory=dict)  # "file:line ExceptionType" of each defect -> count
 
     def record(self, outcome: str, detail: str = "") -> None:
         self.cases += 1
@@ -89,8 +91,19 @@ class Tally:
             self.partial += 1
         else:
             raise ValueError(outcome)
-        if outcome in ("traceback", "partial") and len(self.samples) < 5:
-            self.samples.append(detail)
+        if outcome in ("traceback", "partial"):
+            if len(self.samples) < 5:
+                self.samples.append(detail)
+            key = _signature(detail) if outcome == "traceback" else "partial file"
+            self.signatures[key] = self.signatures.get(key, 0) + 1
+
+
+def _signature(detail: str) -> str:
+    """Where a traceback ended, in the code under test: ``coreos_lab/etcd.py:562 AttributeError``."""
+    frames = re.findall(r'File "[^"]*?(coreos_lab/[^"]+)", line (\d+)', detail)
+    error = re.findall(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)\w*)\b", detail, re.MULTILINE)
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else "?"
+    return f"{where} {error[-1] if error else 'not a one-line error'}"
 
 
 TALLY: dict[str, Tally] = {name: Tally() for name in TARGETS}
@@ -757,6 +770,160 @@ def etcd_replies(draw: st.DrawFn) -> tuple[int, bytes] | str:
     return status, body
 
 
+# Valid answers (the shapes etcd 3.4 sends), which :func:`mutated` then breaks in one or two places: random JSON
+# alone almost never gets past the first type check, a valid answer with one wrong node reaches every parser.
+_B64K, _B64V = "L2sva2V5", "dmFsdWU="
+_HEADER = {"cluster_id": "14841639068965178418", "member_id": "10276657743932975437", "revision": "7", "raft_term": "2"}
+_KV = {"key": _B64K, "create_revision": "5", "mod_revision": "7", "version": "2", "value": _B64V}
+ETCD_VALID: Mapping[str, Any] = {
+    "version": {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"},
+    "health": {"health": "true", "reason": ""},
+    "status": {
+        "header": _HEADER,
+        "version": "3.4.23",
+        "dbSize": "20480",
+        "leader": "10276657743932975437",
+        "raftIndex": "9",
+        "raftTerm": "2",
+        "raftAppliedIndex": "9",
+        "dbSizeInUse": "20480",
+    },
+    "member_list": {
+        "header": _HEADER,
+        "members": [
+            {
+                "ID": "10276657743932975437",
+                "name": "m1",
+                "peerURLs": ["http://127.0.0.1:2380"],
+                "clientURLs": ["http://127.0.0.1:2379"],
+            },
+            {"ID": "2", "name": "", "peerURLs": ["http://127.0.0.1:2381"], "isLearner": True},
+        ],
+    },
+    "put": {"header": _HEADER},
+    "get": {"header": _HEADER, "kvs": [_KV], "count": "1"},
+    "range": {"header": _HEADER, "kvs": [_KV, {**_KV, "key": "L2svYg==", "value": ""}], "count": "2"},
+    "delete": {"header": _HEADER, "deleted": "2"},
+    "txn_put_if": {"header": _HEADER, "succeeded": True, "responses": [{"response_put": {"header": _HEADER}}]},
+    "txn_delete_if": {"header": _HEADER, "responses": []},
+    "v2_get": {
+        "action": "get",
+        "node": {
+            "key": "/k",
+            "dir": True,
+            "modifiedIndex": 4,
+            "createdIndex": 4,
+            "nodes": [
+                {
+                    "key": "/k/a",
+                    "value": "v",
+                    "modifiedIndex": 5,
+                    "createdIndex": 5,
+                    "ttl": 30,
+                    "expiration": "2026-11-26T20:00:00Z",
+                }
+            ],
+        },
+    },
+    "v2_set": {"action": "set", "node": {"key": "/k", "value": "v", "modifiedIndex": 6, "createdIndex": 6, "ttl": 5}},
+    "v2_mkdir": {"action": "set", "node": {"key": "/d", "dir": True, "modifiedIndex": 8, "createdIndex": 8}},
+    "v2_delete": {
+        "action": "delete",
+        "node": {"key": "/k", "modifiedIndex": 9, "createdIndex": 6},
+        "prevNode": {"key": "/k", "value": "v"},
+    },
+    "v2_error": {"errorCode": 100, "message": "Key not found", "cause": "/k", "index": 7},
+    "watch_created": {"result": {"header": _HEADER, "created": True}},
+    "watch_events": {"result": {"header": _HEADER, "events": [{"kv": _KV}, {"type": "DELETE", "kv": {"key": _B64K}}]}},
+    "watch_canceled": {"result": {"header": _HEADER, "canceled": True, "cancel_reason": "compacted"}},
+    "grpc_error": {"error": "etcdserver: request timed out", "code": 14, "message": "etcdserver: request timed out"},
+}
+# Which valid answers each operation expects (the first one, and for streams/v2 the others too).
+_ETCD_ANSWERS_FOR: Mapping[str, tuple[str, ...]] = {
+    "watch": ("watch_created", "watch_events", "watch_canceled"),
+    "v2_get": ("v2_get", "v2_error"),
+    "v2_set": ("v2_set", "v2_error"),
+    "v2_mkdir": ("v2_mkdir", "v2_error"),
+    "v2_delete": ("v2_delete", "v2_error"),
+    "cluster_health": ("status", "member_list"),
+}
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            out += _paths(value, (*prefix, i))
+    return out
+
+
+def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(doc, dict):
+        copy = dict(doc)
+        if value is _DELETE and not rest:
+            copy.pop(head, None)
+        else:
+            copy[head] = _replace(doc[head], rest, value)
+        return copy
+    copy_list = list(doc)
+    if value is _DELETE and not rest:
+        del copy_list[head]
+    else:
+        copy_list[head] = _replace(doc[head], rest, value)
+    return copy_list
+
+
+_DELETE = object()
+_WRONG = st.one_of(
+    st.sampled_from(
+        [None, True, False, 0, -1, 2**64, 1.5, "", "abc", "!!", "-5", "1e999", "nan", [], {}, ["x"], {"x": 1}]
+    ),
+    json_values,
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, valid: Any) -> Any:
+    """``valid`` with one to three nodes replaced by a wrong type or value, or deleted."""
+    doc = valid
+    for _ in range(draw(st.integers(1, 3))):
+        paths = _paths(doc)
+        path = draw(st.sampled_from(paths))
+        value = _DELETE if path and draw(st.integers(0, 4)) == 0 else draw(_WRONG)
+        doc = _replace(doc, path, value)
+    return doc
+
+
+@st.composite
+def etcd_case(draw: st.DrawFn, op: str) -> tuple[list[tuple[int, bytes] | str], str | None]:
+    """(scripted answers, gateway prefix) for ``op``: mostly a valid answer broken in a place or two."""
+    names = _ETCD_ANSWERS_FOR.get(op, (op,))
+    replies: list[tuple[int, bytes] | str] = []
+    for _ in range(draw(st.integers(1, 3))):
+        pick = draw(st.integers(0, 9))
+        if pick < 6:
+            doc = draw(mutated(ETCD_VALID[draw(st.sampled_from(names))]))
+            status = draw(st.sampled_from([200] * 6 + [400, 404, 412, 503]))
+            body = json.dumps(doc).encode()
+            if op == "watch" and draw(st.booleans()):  # a stream: a valid first message, then the broken one
+                body = json.dumps(ETCD_VALID["watch_created"]).encode() + b"\n" + body
+            replies.append((status, body))
+        elif pick < 8:
+            replies.append((200, json.dumps(ETCD_VALID[draw(st.sampled_from(names))]).encode()))
+        else:
+            replies.append(draw(etcd_replies()))
+    prefix = draw(st.sampled_from(["/v3", "/v3", "/v3", None]))
+    if prefix is None and draw(st.booleans()):
+        replies.insert(0, (200, json.dumps(ETCD_VALID["version"]).encode()))
+    return replies, prefix
+
+
 class FakeEtcdAdapter(BaseAdapter):
     """A requests transport adapter answering from a list of scripted replies (the last one repeats)."""
 
@@ -885,6 +1052,75 @@ def fleet_replies(draw: st.DrawFn) -> HTTPAnswer | str:
     else:
         body = draw(st.binary(max_size=120))
     return HTTPAnswer(status, body)
+
+
+_OPTIONS = [{"section": "Service", "name": "ExecStart", "value": "/bin/true"}]
+FLEET_VALID: Mapping[str, Any] = {
+    "machines": {
+        "machines": [
+            {"id": "113f16a7b2d94a5fbd6c83d6b7c2f0aa", "primaryIP": "172.17.8.101", "metadata": {"role": "web"}},
+            {"id": "2"},
+        ]
+    },
+    "units": {
+        "units": [
+            {
+                "name": "hello.service",
+                "options": _OPTIONS,
+                "desiredState": "launched",
+                "currentState": "launched",
+                "machineID": "113f16a7b2d94a5fbd6c83d6b7c2f0aa",
+            }
+        ]
+    },
+    "units_page": {
+        "units": [{"name": "a.service", "options": _OPTIONS, "desiredState": "loaded"}],
+        "nextPageToken": "abc",
+    },
+    "unit": {"name": "hello.service", "options": _OPTIONS, "desiredState": "launched", "currentState": "inactive"},
+    "states": {
+        "states": [
+            {
+                "name": "hello.service",
+                "hash": "2b1b4c7a09f6e0c2a2d3e5b8d9d1c0f1e2a3b4c5",
+                "machineID": "113f16a7b2d94a5fbd6c83d6b7c2f0aa",
+                "systemdLoadState": "loaded",
+                "systemdActiveState": "active",
+                "systemdSubState": "running",
+            }
+        ]
+    },
+    "error": {"error": {"code": 409, "message": "unit already exists"}},
+}
+_FLEET_ANSWERS_FOR: Mapping[str, tuple[str, ...]] = {
+    "machines": ("machines",),
+    "units": ("units", "units_page"),
+    "unit": ("unit",),
+    "states": ("states",),
+    "ensure_unit": ("unit", "error"),
+    "create_unit": ("error",),
+    "set_desired_state": ("error",),
+    "destroy": ("error",),
+}
+
+
+@st.composite
+def fleet_case(draw: st.DrawFn, op: str) -> list[HTTPAnswer | str]:
+    """Scripted answers for ``op``: mostly a valid answer broken in a place or two."""
+    names = _FLEET_ANSWERS_FOR[op]
+    replies: list[HTTPAnswer | str] = []
+    for _ in range(draw(st.integers(1, 3))):
+        pick = draw(st.integers(0, 9))
+        if pick < 6:
+            doc = draw(mutated(FLEET_VALID[draw(st.sampled_from(names))]))
+            status = draw(st.sampled_from([200] * 5 + [201, 204, 404, 409, 500]))
+            replies.append(HTTPAnswer(status, json.dumps(doc).encode()))
+        elif pick < 8:
+            status = draw(st.sampled_from([200, 201, 204, 404]))
+            replies.append(HTTPAnswer(status, json.dumps(FLEET_VALID[draw(st.sampled_from(names))]).encode()))
+        else:
+            replies.append(draw(fleet_replies()))
+    return replies
 
 
 class FakeFleetTransport:

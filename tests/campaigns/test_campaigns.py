@@ -6,14 +6,14 @@ in ``targets.py`` so ``benchmarks/reliability.py`` runs exactly the same campaig
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from coreos_lab.fleet import HTTPAnswer
 from tests.campaigns import targets as t
 
 EXAMPLES = int(os.environ.get("COREOS_LAB_CAMPAIGN_EXAMPLES", t.EXAMPLES))
@@ -55,23 +55,35 @@ def test_discovery_answers(reply: tuple[int, str, bytes, float, str]) -> None:
     t.run_discovery_case(reply)
 
 
-@SETTINGS
-@given(
-    st.sampled_from(sorted(t.ETCD_OPS)),
-    st.lists(t.etcd_replies(), min_size=1, max_size=3),
-    st.sampled_from(["/v3", "/v3", None, "ask-good"]),
+# The client and fleet targets run per operation, so every parser gets its share of the cases.
+PER_OP = max(25, EXAMPLES // 4)
+PER_OP_SETTINGS = t.campaign_settings(PER_OP, derandomize=DERANDOMIZE)
+
+
+WATCH_BUG = (
+    "EtcdClient.watch: a stream message whose 'result', event or 'kv' is not an object, or whose revision or "
+    "key is not a number/base64, escapes as AttributeError/ValueError (etcd.py _watch_events, _kv); "
+    "remove this mark when etcd.py turns them into EtcdError"
 )
-def test_etcd_answers(op: str, replies: list[tuple[int, bytes] | str], prefix: str | None) -> None:
-    if prefix == "ask-good":  # the client asks /version first and gets a good answer
-        t.run_etcd_case(op, [t.VERSION_ANSWER, *replies], None)
-    else:
-        t.run_etcd_case(op, replies, prefix)
+ETCD_OP_PARAMS = [
+    pytest.param(op, marks=pytest.mark.xfail(strict=True, reason=WATCH_BUG)) if op == "watch" else op
+    for op in sorted(t.ETCD_OPS)
+]
 
 
-@SETTINGS
-@given(st.sampled_from(sorted(t.FLEET_OPS)), st.lists(t.fleet_replies(), min_size=1, max_size=3))
-def test_fleet_answers(op: str, replies: list[HTTPAnswer | str]) -> None:
-    t.run_fleet_case(op, replies)
+@pytest.mark.parametrize("op", ETCD_OP_PARAMS)
+@PER_OP_SETTINGS
+@given(data=st.data())
+def test_etcd_answers(op: str, data: st.DataObject) -> None:
+    replies, prefix = data.draw(t.etcd_case(op))
+    t.run_etcd_case(op, replies, prefix)
+
+
+@pytest.mark.parametrize("op", sorted(t.FLEET_OPS))
+@PER_OP_SETTINGS
+@given(data=st.data())
+def test_fleet_answers(op: str, data: st.DataObject) -> None:
+    t.run_fleet_case(op, data.draw(t.fleet_case(op)))
 
 
 @pytest.mark.xfail(
@@ -87,12 +99,37 @@ def test_systemctl_show(case: tuple[str, list[str]]) -> None:
     t.run_show_case(*case)
 
 
-CAMPAIGNS = {
-    "init_flags": test_init_flags,
-    "lab_config": test_lab_config,
-    "unit_files": test_unit_files,
-    "discovery": test_discovery_answers,
-    "etcd_json": test_etcd_answers,
-    "fleet_json": test_fleet_answers,
-    "systemctl_show": test_systemctl_show,
+# target -> the calls that run its whole campaign (for benchmarks/reliability.py)
+CAMPAIGNS: dict[str, list[Callable[[], None]]] = {
+    "init_flags": [test_init_flags],
+    "lab_config": [test_lab_config],
+    "unit_files": [test_unit_files],
+    "discovery": [test_discovery_answers],
+    "etcd_json": [functools.partial(test_etcd_answers, op) for op in sorted(t.ETCD_OPS)],
+    "fleet_json": [functools.partial(test_fleet_answers, op) for op in sorted(t.FLEET_OPS)],
+    "systemctl_show": [test_systemctl_show],
 }
+
+
+# ---------------------------------------------------------------- defects the campaigns found, pinned
+
+
+@pytest.mark.xfail(strict=True, raises=t.CampaignDefect, reason=WATCH_BUG)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"result": "x"}',
+        b'{"result": {"events": ["x"]}}',
+        b'{"result": {"header": {"revision": "abc"}}}',
+        b'{"result": {"events": [{"kv": {"key": "!!"}}]}}',
+    ],
+    ids=["result-not-object", "event-not-object", "revision-not-number", "key-not-base64"],
+)
+def test_found_watch_garbage_is_an_etcd_error(body: bytes) -> None:
+    t.run_etcd_case("watch", [(200, body)])
+
+
+@pytest.mark.xfail(strict=True, raises=t.CampaignDefect, reason="systemd.parse_timestamp overflow (see above)")
+@pytest.mark.parametrize("stamp", ["@1e20", "@inf", "@99999999999999"])
+def test_found_huge_timestamps_are_never(stamp: str) -> None:
+    t.run_show_case(f"Id=a.service\nActiveEnterTimestamp={stamp}\n", ["a.service"])
