@@ -11,7 +11,8 @@ Layout of ``<lab>/tls``::
     ca.pem  ca-key.pem  client.pem  client-key.pem
     <node>/server.pem  <node>/server-key.pem  <node>/peer.pem  <node>/peer-key.pem
 
-The etcd wiring asks :func:`client_material` for the client's files:
+The etcd wiring asks :func:`client_material` for the client's files (or :func:`client_kwargs` for the
+``EtcdClient`` arguments) and :func:`scheme` for the URL scheme:
 
 >>> client_material(Path("/nonexistent")) is None
 True
@@ -25,7 +26,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -382,3 +383,16 @@ def client_material(lab_dir: Path) -> tuple[Path, Path, Path] | None:
     base = Path(lab_dir) / TLS_DIR
     paths = (base / CLIENT_CERT, base / CLIENT_KEY, base / CA_CERT)
     return paths if all(p.is_file() for p in paths) else None
+
+
+def client_kwargs(lab_dir: Path) -> dict[str, Any]:
+    """Keyword arguments for :class:`coreos_lab.etcd.EtcdClient` of this lab: ``cert``/``verify`` or nothing.
+
+    >>> client_kwargs(Path("/nonexistent"))
+    {}
+    """
+    material = client_material(lab_dir)
+    if material is None:
+        return {}
+    cert, key, ca = material
+    return {"cert": (str(cert), str(key)), "verify": str(ca)}

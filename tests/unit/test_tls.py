@@ -119,7 +119,14 @@ def test_init_writes_keys_0600_in_a_0700_dir(tmp_path: Path) -> None:
 
 def test_client_material_needs_every_file(tmp_path: Path) -> None:
     assert tls.client_material(tmp_path) is None
+    assert tls.client_kwargs(tmp_path) == {}
     init_lab(tmp_path, tls_lab())
+    base = tmp_path / "tls"
+    assert tls.client_kwargs(tmp_path) == {
+        "cert": (str(base / "client.pem"), str(base / "client-key.pem")),
+        "verify": str(base / "ca.pem"),
+    }
+    assert tls.scheme(config_mod.load(tmp_path)) == "https"
     (tmp_path / "tls" / "client-key.pem").unlink()
     assert tls.client_material(tmp_path) is None
 
@@ -135,8 +142,6 @@ def test_plain_lab_has_no_tls_anything(tmp_path: Path) -> None:
 
 
 def test_interrupted_tls_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import coreos_lab.render as render_mod
-
     real_replace = os.replace
     calls = {"n": 0}
 
@@ -146,7 +151,7 @@ def test_interrupted_tls_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(render_mod.os, "replace", flaky_replace)
+    monkeypatch.setattr("coreos_lab.render.os.replace", flaky_replace)
     with pytest.raises(KeyboardInterrupt):
         init_lab(tmp_path / "lab", tls_lab())
     assert calls["n"] == 9
