@@ -22,12 +22,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from coreos_lab.errors import CoreosLabError, EtcdError, UsageError
+from coreos_lab.errors import CoreosLabError, EtcdError, UnitFileError, UsageError
 from coreos_lab.runner import Runner
 from coreos_lab.scheduler import Action, DesiredUnit, Node, Plan, apply_plan, place, plan_reconcile, with_loads
 from coreos_lab.state import DesiredStateStore, RecordStore, UnitRecord, update_record
 from coreos_lab.systemd import SystemdClient, UnitState
-from coreos_lab.unitfile import UnitFile, XFleet
+from coreos_lab.unitfile import UnitFile, XFleet, validate_unit_name
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
@@ -433,10 +433,57 @@ def _fail_outcome(node: str, facts: Mapping[str, NodeFacts], error: str) -> Node
     return NodeOutcome(node, _ip(facts, node), False, error=error)
 
 
-def _launch_on(runner: Runner, record: UnitRecord, *, restart: bool, timeout: float) -> UnitState:
-    """Install (if the content differs or the file is missing), start or restart, wait until active or failed."""
+def file_name(unit: str) -> str:
+    """The unit file that carries ``unit``: itself, or its template for an instance (as fleet did).
+
+    >>> file_name("hello@1.service")
+    'hello@.service'
+
+    A bare template cannot run, so it is refused (UnitFileError, exit 2).
+    """
+    parsed = validate_unit_name(unit)
+    if parsed.is_template:
+        raise UnitFileError(
+            f"{unit} is a template: deploy instances of it instead, e.g. {parsed.prefix}@1.{parsed.suffix}"
+        )
+    return parsed.template if parsed.template is not None else unit
+
+
+def _install(client: SystemdClient, unit: str, content: str) -> None:
+    client.install(file_name(unit), content)
+
+
+def _remove(runner: Runner, unit: str, keep_file: bool) -> None:
+    """Stop ``unit`` and remove its file; an instance whose template still serves siblings keeps the file."""
+    name = file_name(unit)
     client = SystemdClient(runner)
-    client.install(record.name, record.content)
+    if name == unit:
+        client.remove(unit)
+        return
+    # "not loaded" answers for an instance that never ran are fine: the goal is that it does not run.
+    runner.run(
+        f"systemctl stop -- {shlex.quote(unit)}; systemctl reset-failed -- {shlex.quote(unit)}; true",
+        sudo=True,
+        timeout=client.timeout,
+    ).check()
+    if not keep_file:
+        client.remove(name)
+
+
+def _siblings_on(records: Sequence[UnitRecord], unit: str, node: str) -> bool:
+    """Whether another live instance of ``unit``'s template is meant to be on ``node``."""
+    name = file_name(unit)
+    return name != unit and any(
+        r.name != unit and r.desired_state != "inactive" and node in r.targets and file_name(r.name) == name
+        for r in records
+        if validate_unit_name(r.name).is_instance
+    )
+
+
+def _launch_on(runner: Runner, record: UnitRecord, *, restart: bool, timeout: float) -> UnitState:
+    """Install the file (its template for an instance), start or restart, wait until active or failed."""
+    client = SystemdClient(runner)
+    _install(client, record.name, record.content)
     if restart:
         client.restart(record.name)
     else:
@@ -467,10 +514,12 @@ def _launch_many(
     return tuple(out)
 
 
-def _remove_on(cluster: Cluster, name: str, nodes: Sequence[str]) -> dict[str, CoreosLabError | None]:
+def _remove_on(
+    cluster: Cluster, name: str, nodes: Sequence[str], records: Sequence[UnitRecord] = ()
+) -> dict[str, CoreosLabError | None]:
     if not nodes:
         return {}
-    results = cluster.map(lambda r: SystemdClient(r).remove(name), list(nodes))
+    results = cluster.map(lambda r: _remove(r, name, _siblings_on(records, name, r.host)), list(nodes))
     return {n: (v if isinstance(v, CoreosLabError) else None) for n, v in results.items()}
 
 
@@ -492,6 +541,7 @@ def _constraints(records: Sequence[UnitRecord]) -> dict[str, XFleet]:
 def load_unit(text: str, name: str) -> tuple[UnitFile, XFleet]:
     """Parse and validate a unit file and its [X-Fleet] section (UnitFileError, exit 2, on any problem)."""
     unit = UnitFile.parse(text, name=name)
+    file_name(name)
     return unit, XFleet.from_unit(unit)
 
 
@@ -510,7 +560,9 @@ def deploy(
     A node that fails is reported in its :class:`NodeOutcome`; the record keeps naming it, so
     :func:`reconcile` can retry or move the unit.
     """
-    constraints = {u.name or "": XFleet.from_unit(u) for u in units}  # validate everything before any change
+    for u in units:  # validate everything before any change
+        file_name(u.name or "")
+    constraints = {u.name or "": XFleet.from_unit(u) for u in units}
     facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
     store = store if store is not None else etcd_store(cluster, facts)
     return tuple(_deploy_one(cluster, u, constraints[u.name or ""], store, facts, timeout) for u in units)
@@ -560,7 +612,7 @@ def _deploy_one(
     old = set(current.targets) if current else set()
     # Units leaving a node (update moved it) are stopped there first so it never runs twice.
     gone = [n for n in sorted(old - set(targets)) if facts.get(n) and facts[n].reachable]
-    removed = _remove_on(cluster, name, gone)
+    removed = _remove_on(cluster, name, gone, records)
     outcomes = list(_launch_many(cluster, stored, targets, facts, restart=updating, timeout=timeout))
     outcomes += [_fail_outcome(n, facts, f"remove failed: {e}") for n, e in removed.items() if e is not None]
     status: DeployStatus = "updated" if updating else "launched"
@@ -618,8 +670,6 @@ def undeploy(
     The record is first marked ``inactive`` (so nobody re-launches it), then the unit is removed from every
     reachable node; the record is deleted only when no target node was left unreachable.
     """
-    from coreos_lab.unitfile import validate_unit_name
-
     for n in names:
         validate_unit_name(n)
     facts = dict(facts) if facts is not None else probe_nodes(cluster)
@@ -632,7 +682,7 @@ def undeploy(
             name,
             lambda r: None if r is None or r.desired_state == "inactive" else r.evolve(desired_state="inactive"),
         )
-        removed = _remove_on(cluster, name, reachable)
+        removed = _remove_on(cluster, name, reachable, store.list())
         errors = [(n, str(e)) for n, e in removed.items() if e is not None]
         unreachable_targets = [n for n in (record.targets if record else ()) if n not in reachable]
         errors += [(n, "unreachable: the unit is removed there by a later reconcile") for n in unreachable_targets]
@@ -804,8 +854,6 @@ def list_unit_files(
 
 def get_record(cluster: Cluster, name: str, *, store: DesiredStateStore | None = None) -> UnitRecord:
     """The stored record of ``name`` (``unit cat``); UsageError when it is not deployed."""
-    from coreos_lab.unitfile import validate_unit_name
-
     validate_unit_name(name)
     store = store if store is not None else etcd_store(cluster)
     record = store.get(name)
@@ -857,12 +905,21 @@ def journal_node(cluster: Cluster, name: str, *, store: DesiredStateStore | None
 
 
 # ---- reconcile -------------------------------------------------------------------------------------------------------
-def observed_map(states: Mapping[str, Mapping[str, UnitState]]) -> dict[str, dict[str, str]]:
-    """``{node: {unit: state}}`` -> the scheduler's ``{unit: {node: launched|loaded}}`` (absent units left out)."""
+def observed_map(
+    states: Mapping[str, Mapping[str, UnitState]], records: Sequence[UnitRecord] = ()
+) -> dict[str, dict[str, str]]:
+    """``{node: {unit: state}}`` -> the scheduler's ``{unit: {node: launched|loaded}}`` (absent units left out).
+
+    An instance (``web@1.service``) is "loaded" wherever its template file is, so a sibling's template would
+    make it look present everywhere: an inactive instance only counts as loaded on its own target nodes.
+    """
+    targets = {r.name: set(r.targets) for r in records}
     out: dict[str, dict[str, str]] = {}
     for node, units in states.items():
         for unit, st in units.items():
             seen = _observed(st)
+            if seen == "loaded" and file_name(unit) != unit and node not in targets.get(unit, set()):
+                seen = None
             if seen is not None:
                 out.setdefault(unit, {})[node] = seen
     return out
@@ -896,7 +953,7 @@ def reconcile(
             desired[r.name] = r.to_desired()
         except CoreosLabError:
             continue  # a record that does not parse any more is left for a human; from_json already checks it
-    observed = observed_map({n: s for n, s in states.items() if n not in errors})
+    observed = observed_map({n: s for n, s in states.items() if n not in errors}, records)
     plan = plan_reconcile(desired, observed, nodes)
     if only is not None:
         keep = set(only)
@@ -929,7 +986,7 @@ def reconcile(
         if a.unit in failed_units and a.kind in ("load", "start"):
             done.append(ActionOutcome(a, False, "record update failed"))
             continue
-        done.append(_execute(cluster, a, fresh.get(a.unit) or by_name.get(a.unit), timeout))
+        done.append(_execute(cluster, a, fresh.get(a.unit) or by_name.get(a.unit), list(fresh.values()), timeout))
     # Undeploys left pending by an unreachable node: finished once no reachable node still has the unit.
     unloaded = {(d.action.unit, d.action.node) for d in done if d.ok and d.action.kind == "unload"}
     for r in records:
@@ -942,20 +999,23 @@ def reconcile(
     return ReconcileResult(tuple(done), plan.unplaceable, tuple(deleted), False)
 
 
-def _execute(cluster: Cluster, action: Action, record: UnitRecord | None, timeout: float) -> ActionOutcome:
+def _execute(
+    cluster: Cluster, action: Action, record: UnitRecord | None, records: Sequence[UnitRecord], timeout: float
+) -> ActionOutcome:
     try:
-        client = SystemdClient(cluster.runner(action.node))
+        runner = cluster.runner(action.node)
+        client = SystemdClient(runner)
         if action.kind == "stop":
             client.stop(action.unit)
         elif action.kind == "unload":
-            client.remove(action.unit)
+            _remove(runner, action.unit, _siblings_on(records, action.unit, action.node))
         elif action.kind == "load":
             if record is None:
                 return ActionOutcome(action, False, "no record to load from")
-            client.install(action.unit, record.content)
+            _install(client, action.unit, record.content)
         elif action.kind == "start":
-            if record is not None and not client.show(action.unit).exists:
-                client.install(action.unit, record.content)
+            if record is not None:
+                _install(client, action.unit, record.content)
             client.start(action.unit)
             state = client.wait_active(action.unit, timeout=timeout, interval=0.3)
             if not state.is_active:

@@ -176,6 +176,28 @@ def test_conflicts_pair_lands_on_different_nodes(rig: DeployRig, inventory: Path
     assert launched(result.stdout, "pair-a.service") == a
 
 
+def test_template_instances_spread_by_conflicts(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
+    text = fleet_unit("Conflicts=hello@*.service\n").replace("/bin/sleep infinity", "/bin/sh -c 'echo %i; sleep 1d'")
+    paths = [write_unit(units_dir, f"hello@{i}.service", text) for i in (1, 2, 3)]
+    result = cli(inventory, "deploy", *paths)
+    assert result.returncode == 0, result.stderr
+    homes = [active_on(rig, f"hello@{i}.service") for i in (1, 2, 3)]
+    assert sorted(h[0] for h in homes) == ["core-01", "core-02", "core-03"]  # one per node, as Conflicts asks
+    assert installed_on(rig, "hello@.service") == ["core-01", "core-02", "core-03"]  # instances run from the template
+    assert all(len(h) == 1 for h in homes)
+    fourth = cli(inventory, "deploy", write_unit(units_dir, "hello@4.service", text))
+    assert fourth.returncode == 1
+    assert "Conflicts=hello@*.service (hello@" in fourth.stderr
+    template = cli(inventory, "deploy", write_unit(units_dir, "hello@.service", text))
+    assert template.returncode == 2
+    assert template.stderr.startswith("error: hello@.service is a template")
+    gone = cli(inventory, "undeploy", "hello@3.service")
+    assert gone.returncode == 0, gone.stderr
+    assert active_on(rig, "hello@3.service") == []
+    assert homes[2][0] not in installed_on(rig, "hello@.service")
+    assert [active_on(rig, f"hello@{i}.service") for i in (1, 2)] == homes[:2]
+
+
 def test_global_unit_runs_on_every_node(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
     result = cli(inventory, "deploy", write_unit(units_dir, "everywhere.service", fleet_unit("Global=true\n")))
     assert result.returncode == 0, result.stderr
@@ -306,7 +328,8 @@ def test_node_down_then_reconcile_moves_its_units(rig: DeployRig, inventory: Pat
     [home] = active_on(rig, "myapp.service")
     victim = next(n for n in rig.nodes if n.name == home)
     survivors = sorted(n.name for n in rig.nodes if n is not victim)
-    moving = [u for u in ("pair-a.service", "pair-b.service", "web-one.service") if active_on(rig, u) == [home]]
+    candidates = ("pair-a.service", "pair-b.service", "web-one.service", "hello@1.service", "hello@2.service")
+    moving = [u for u in candidates if active_on(rig, u) == [home]]
     off_seconds = rig.power_off(victim)
     t0 = time.monotonic()
 

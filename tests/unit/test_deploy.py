@@ -54,7 +54,7 @@ class FakeNode:
         self.runner.run = run  # type: ignore[method-assign]
 
     def installed(self, unit: str) -> bool:
-        return f"/etc/systemd/system/{unit}" in self.runner.files
+        return f"/etc/systemd/system/{dep.file_name(unit)}" in self.runner.files
 
     def answer(self, line: str) -> tuple[int, str, str]:
         words = shlex.split(line)
@@ -63,10 +63,19 @@ class FakeNode:
         if "@@coreos-lab@@" in line:
             sep = "@@coreos-lab@@\n"
             return 0, f"{self.machine_id}\n{sep}{self.metadata}{sep}{self.name}\n{sep}10.0.0.{self.name[-1]}\n", ""
+        if line.startswith("systemctl stop --") and line.endswith("; true"):  # an instance's stop script
+            self.active.pop(shlex.split(line.split(";")[0])[-1], None)
+            return 0, "", ""
         if ";" in line and "rm -rf" in line:  # SystemdClient.remove's script
             unit = shlex.split(line.split(";")[0])[-1]
-            self.runner.files.pop(f"/etc/systemd/system/{unit}", None)
-            self.active.pop(unit, None)
+            rm = next(shlex.split(part) for part in line.split(";") if part.strip().startswith("rm "))
+            self.runner.files.pop(rm[3], None)  # rm -rf -- PATH PATH.d
+            if "@*." in unit:  # a template: its instances stop with it
+                prefix = unit.split("@", 1)[0] + "@"
+                for name in [n for n in self.active if n.startswith(prefix)]:
+                    del self.active[name]
+            else:
+                self.active.pop(unit, None)
             return 0, "", ""
         argv = shlex.split(line)
         if argv[:2] == ["systemctl", "show"]:
@@ -344,6 +353,37 @@ def test_concurrent_deploys_of_different_content_the_loser_fails(cluster: Cluste
     assert sum(isinstance(r, EtcdError) for r in results) == 1
     assert sum(getattr(r, "status", "") == "launched" for r in results) == 1
     assert "another client changed its record" in str(next(r for r in results if isinstance(r, EtcdError)))
+
+
+# ---- template instances (fleet's hello@1.service) -------------------------------------------------------------------
+def test_instances_share_their_template_file(cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore) -> None:
+    spread = [fleet(f"hello@{i}.service", "Conflicts=hello@*.service\n") for i in (1, 2)]
+    pinned = [fleet(f"web@{i}.service", "MachineID=core-01\n") for i in (1, 2)]
+    outs = dep.deploy(cluster, [*spread, *pinned], store=store, timeout=2)
+    assert all(o.ok for o in outs)
+    h1, h2 = where(nodes, "hello@1.service"), where(nodes, "hello@2.service")
+    assert len(h1) == len(h2) == 1
+    assert h1 != h2
+    assert "/etc/systemd/system/hello@.service" in nodes[h1[0]].runner.files
+    assert where(nodes, "web@1.service") == where(nodes, "web@2.service") == ["core-01"]
+    assert not dep.reconcile(cluster, store=store).changed  # a sibling's template does not look like a stray copy
+    # undeploying one instance keeps the template while a sibling on that node still needs it
+    dep.undeploy(cluster, ["web@1.service"], store=store)
+    assert where(nodes, "web@1.service") == []
+    assert where(nodes, "web@2.service") == ["core-01"]
+    assert nodes["core-01"].installed("web@2.service")
+    dep.undeploy(cluster, ["web@2.service", "hello@1.service"], store=store)
+    assert "/etc/systemd/system/web@.service" not in nodes["core-01"].runner.files
+    assert "/etc/systemd/system/hello@.service" not in nodes[h1[0]].runner.files
+    assert where(nodes, "hello@2.service") == h2
+    assert not dep.reconcile(cluster, store=store).changed
+
+
+def test_a_bare_template_cannot_be_deployed(cluster: Cluster, store: RecordStore) -> None:
+    with pytest.raises(UnitFileError, match=r"hello@\.service is a template: deploy instances of it instead"):
+        dep.deploy(cluster, [unit("hello@.service")], store=store)
+    with pytest.raises(UnitFileError, match="is a template"):
+        dep.load_unit(HELLO, "hello@.service")
 
 
 # ---- undeploy, start/stop ----------------------------------------------------------------------------------------
