@@ -94,6 +94,7 @@ def run_campaigns(examples: int) -> dict[str, dict[str, Any]]:
     try:
         for name, calls in campaigns.CAMPAIGNS.items():
             targets.reset_tally()
+            targets.HINTLESS.clear()
             start = time.perf_counter()
             first_defect = None
             for call in calls:
@@ -110,6 +111,7 @@ def run_campaigns(examples: int) -> dict[str, dict[str, Any]]:
                 "partial_files": tally.partial,
                 "seconds": round(time.perf_counter() - start, 2),
                 "defects": dict(sorted(tally.signatures.items())),
+                "errors_without_offline_hint": len(targets.HINTLESS) if name == "discovery" else None,
                 "first_defect": first_defect or (" ".join(tally.samples[0].split())[-400:] if tally.samples else None),
             }
     finally:
@@ -182,7 +184,7 @@ def main() -> int:
 
     campaigns = run_campaigns(args.examples)
     faults = run_faults(args.faults) if args.faults != "none" else None
-    bad = any(r["tracebacks"] or r["partial_files"] for r in campaigns.values())
+    bad = any(r["tracebacks"] or r["partial_files"] or r["errors_without_offline_hint"] for r in campaigns.values())
     bad = bad or bool(faults and faults["failed_tests"])
     if args.json:
         print(json.dumps({"campaigns": campaigns, "faults": faults}, indent=2))
@@ -204,6 +206,7 @@ def main() -> int:
         f"{'total':<16}{total['cases']:>7}{total['accepted']:>10}{total['clean_errors']:>11}"
         f"{total['tracebacks']:>12}{total['partial_files']:>9}"
     )
+    print(f"discovery failures without the offline hint: {campaigns['discovery']['errors_without_offline_hint']}")
     for name, r in campaigns.items():
         for where, count in r["defects"].items():
             print(f"  {name}: {count} case(s) ended at {where}")

@@ -176,9 +176,11 @@ def create_self_hosted(
         node = resp.json()["node"]
         value = node["value"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise DiscoveryError(f"{what} answered {_preview(resp.text)}, not an etcd v2 keys answer") from exc
+        raise DiscoveryError(
+            f"{what} answered {_preview(resp.text)}, not an etcd v2 keys answer", hint=OFFLINE_HINT
+        ) from exc
     if value != str(size):
-        raise DiscoveryError(f"{what} stored size {value!r}, expected {size}")
+        raise DiscoveryError(f"{what} stored size {value!r}, expected {size}", hint=OFFLINE_HINT)
     return url
 
 

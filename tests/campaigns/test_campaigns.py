@@ -53,6 +53,7 @@ def test_unit_files(case: tuple[str, str | None]) -> None:
 @given(t.discovery_replies)
 def test_discovery_answers(reply: tuple[int, str, bytes, float, str]) -> None:
     t.run_discovery_case(reply)
+    assert not t.HINTLESS, f"a discovery failure without the offline hint: {t.HINTLESS[0]}"
 
 
 # The client and fleet targets run per operation, so every parser gets its share of the cases.
