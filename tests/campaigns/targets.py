@@ -101,7 +101,7 @@ class Tally:
 def _signature(detail: str) -> str:
     """Where a traceback ended, in the code under test: ``coreos_lab/etcd.py:562 AttributeError``."""
     frames = re.findall(r'File "[^"]*?(coreos_lab/[^"]+)", line (\d+)', detail)
-    error = re.findall(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)\w*)\b", detail, re.MULTILINE)
+    error = re.findall(r"^((?:\w+\.)*\w*(?:Error|Exception|Interrupt|Group)\w*)(?::|$)", detail, re.MULTILINE)
     where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else "?"
     return f"{where} {error[-1] if error else 'not a one-line error'}"
 
