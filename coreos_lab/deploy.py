@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,14 +34,17 @@ if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
     from coreos_lab.config import NodeSpec
     from coreos_lab.etcd import EtcdClient
+    from coreos_lab.fleet import FleetClient
 
 METADATA_PATH: Final = "/etc/coreos-lab/metadata"
+FLEET_SOCKET: Final = "/var/run/fleet.sock"
 ETCD_PORT: Final = 2379
 _SEP: Final = "@@coreos-lab@@"
 # One round trip per node: machine id, placement metadata, host name, addresses.
 _PROBE: Final = (
     f"cat /etc/machine-id 2>/dev/null; echo {_SEP}; cat {METADATA_PATH} 2>/dev/null; echo {_SEP}; "
-    f"hostname 2>/dev/null; echo {_SEP}; hostname -I 2>/dev/null || true"
+    f"hostname 2>/dev/null; echo {_SEP}; hostname -I 2>/dev/null || true; echo {_SEP}; "
+    f"test -S {FLEET_SOCKET} && echo fleet || true"
 )
 _ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")
 
@@ -57,6 +61,7 @@ class NodeFacts:
     metadata: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
     error: str | None = None
+    runs_fleet: bool = False
 
     @property
     def machine(self) -> str:
@@ -75,6 +80,7 @@ class NodeFacts:
             "machine_id": self.machine_id or None,
             "metadata": dict(sorted(self.metadata.items())),
             "hostname": self.hostname or None,
+            "runs_fleet": self.runs_fleet,
             "error": self.error,
         }
 
@@ -106,15 +112,16 @@ def _usable_ip(text: str) -> bool:
 
 def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: str = "") -> NodeFacts:
     """Turn the probe's output into NodeFacts. The address: the lab's, else the SSH host, else the node's first."""
-    parts = [*stdout.split(_SEP + "\n"), "", "", "", ""][:4]
-    machine_id, meta_text, hostname, addresses = (p.strip() for p in parts)
+    parts = [*stdout.split(_SEP + "\n"), "", "", "", "", ""][:5]
+    machine_id, meta_text, hostname, addresses, fleet = (p.strip() for p in parts)
     metadata = parse_metadata(meta_text) if meta_text else dict(spec.metadata if spec else {})
     ip = spec.ip if spec else ""
     if not ip and _usable_ip(ssh_host):
         ip = ssh_host
     if not ip:
         ip = next((a for a in addresses.split() if _usable_ip(a)), "")
-    return NodeFacts(name, True, ip, machine_id.split()[0] if machine_id else "", metadata, hostname)
+    mid = machine_id.split()[0] if machine_id else ""
+    return NodeFacts(name, True, ip, mid, metadata, hostname, runs_fleet=fleet == "fleet")
 
 
 def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -> dict[str, NodeFacts]:
@@ -1023,3 +1030,86 @@ def _execute(
     except CoreosLabError as exc:
         return ActionOutcome(action, False, str(exc))
     return ActionOutcome(action, True)
+
+
+# ---- the fleet backend -----------------------------------------------------------------------------------------------
+# Where fleetd runs (old CoreOS, or a user's own fleet), deploy & co. drive it through its API exactly as
+# `fleetctl --endpoint` does: fleet keeps the desired state and schedules; we only submit and watch.
+def _fleet_outcomes(client: FleetClient, name: str) -> tuple[NodeOutcome, ...]:
+    ips = {m.id: m.primary_ip for m in client.machines()}
+    return tuple(
+        NodeOutcome(
+            s.machine_id,
+            ips.get(s.machine_id, ""),
+            s.active_state == "active",
+            s.active_state,
+            s.sub_state,
+            None if s.active_state == "active" else f"{name} is {s.active_state}/{s.sub_state}",
+        )
+        for s in client.states(unit_name=name)
+        if s.name == name
+    )
+
+
+def fleet_wait(
+    client: FleetClient, name: str, desired: str, timeout: float, interval: float = 0.5
+) -> tuple[NodeOutcome, ...]:
+    """Poll fleet's /state until every machine's copy of ``name`` is active or failed (launched), or not
+    active (loaded); bounded by ``timeout`` (what is known then is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcomes = _fleet_outcomes(client, name)
+        if desired == "launched":
+            done = bool(outcomes) and all(o.active_state in ("active", "failed") for o in outcomes)
+        else:
+            done = all(o.active_state not in _ACTIVE_STATES for o in outcomes)
+        if done or time.monotonic() >= deadline:
+            return outcomes
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def fleet_deploy(client: FleetClient, units: Sequence[UnitFile], *, timeout: float = 30.0) -> tuple[DeployOutcome, ...]:
+    """``fleetctl start UNIT_FILE...``: submit (or reuse identical) units with desired state launched, then wait."""
+    for u in units:
+        file_name(u.name or "")
+        XFleet.from_unit(u)
+    out = []
+    for u in units:
+        name = u.name or ""
+        existing = client.unit(name)
+        if existing is not None and existing.desired_state == "launched" and existing.hash == u.hash:
+            nodes = _fleet_outcomes(client, name)
+            out.append(DeployOutcome(name, u.hash, "unchanged", nodes, "identical content is already launched"))
+            continue
+        client.ensure_unit(u, "launched")  # refuses different content, like fleetctl
+        nodes = fleet_wait(client, name, "launched", timeout)
+        if not nodes:
+            nodes = (NodeOutcome("", "", False, error=f"fleet did not schedule {name} within {timeout:g}s"),)
+        status: DeployStatus = "launched" if any(n.ok for n in nodes) else "failed"
+        out.append(DeployOutcome(name, u.hash, status, nodes))
+    return tuple(out)
+
+
+def fleet_undeploy(client: FleetClient, names: Sequence[str]) -> tuple[UndeployOutcome, ...]:
+    """``fleetctl destroy``: DELETE each unit (fleet stops it on its machines). Idempotent."""
+    for n in names:
+        validate_unit_name(n)
+    out = []
+    for name in names:
+        destroyed = client.destroy(name)
+        out.append(UndeployOutcome(name, destroyed, destroyed))
+    return tuple(out)
+
+
+def fleet_set_state(
+    client: FleetClient, name: str, desired: Literal["launched", "loaded"], *, timeout: float = 30.0
+) -> StateChange:
+    """``fleetctl start|stop UNIT`` on a unit fleet already has."""
+    current = client.unit(name)
+    if current is None:
+        raise UsageError(f"unit {name} is not deployed (deploy it first)")
+    client.set_desired_state(name, desired)
+    nodes = fleet_wait(client, name, desired, timeout)
+    if desired == "loaded":
+        nodes = tuple(replace(n, ok=n.active_state not in _ACTIVE_STATES, error=None) for n in nodes)
+    return StateChange(name, desired, current.desired_state != desired, nodes)

@@ -11,19 +11,21 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table
 from coreos_lab.cli.nodes import ACCEPT_NEW_OPTION, INVENTORY_OPTION, NO_PERSIST_OPTION, open_nodes
-from coreos_lab.errors import ConfigError, UsageError
+from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
     from coreos_lab.config import NodeSpec
-    from coreos_lab.deploy import NodeOutcome
+    from coreos_lab.deploy import NodeFacts, NodeOutcome
+    from coreos_lab.fleet import FleetClient
 
 WAIT_OPTION = typer.Option(60.0, "--timeout", "-t", help="Seconds to wait for each unit to become active.", min=0.1)
 FULL_OPTION = typer.Option(False, "--full", "-l", help="Do not shorten hashes.")
@@ -31,6 +33,13 @@ NO_LEGEND_OPTION = typer.Option(False, "--no-legend", help="Do not print the col
 UNIT_ARG = typer.Argument(..., help="Unit name, e.g. myapp.service.")
 UNITS_ARG = typer.Argument(..., help="Unit names.")
 UNIT_FILES_ARG = typer.Argument(..., help="Unit files; the file name is the unit name.")
+BACKENDS = ("auto", "fleet", "systemd")
+BACKEND_OPTION = typer.Option(
+    "auto", "--backend", help="auto (fleet when the nodes run fleetd, else systemd), fleet or systemd."
+)
+FLEET_ENDPOINT_OPTION = typer.Option(
+    None, "--fleet-endpoint", help="fleet API: http://HOST:PORT, or unix:///var/run/fleet.sock on a node (over SSH)."
+)
 
 unit_app = typer.Typer(name="unit", help="Start, stop, show or inspect one deployed unit.", no_args_is_help=True)
 
@@ -57,7 +66,66 @@ def _nodes(lab: Path | None, inventory: Path | None, no_persist: bool, accept_ne
         cluster.close()
 
 
-def _where(o: NodeOutcome) -> str:
+@dataclass(frozen=True)
+class _Target:
+    """Where a command acts: the nodes (systemd backend, ``fleet`` None) or a fleet API (``fleet`` set)."""
+
+    cluster: Cluster | None
+    facts: dict[str, NodeFacts]
+    fleet: FleetClient | None = None
+
+    @property
+    def nodes(self) -> Cluster:
+        if self.cluster is None:
+            raise UsageError("this needs the nodes (--inventory or a lab), not only a fleet endpoint")
+        return self.cluster
+
+
+@contextmanager
+def _target(
+    backend: str,
+    endpoint: str | None,
+    lab: Path | None,
+    inventory: Path | None,
+    no_persist: bool,
+    accept_new: bool,
+) -> Iterator[_Target]:
+    """Resolve ``--backend``: fleet when asked (or, with auto, when a node runs fleetd), else systemd over SSH.
+
+    An ``http(s)://`` endpoint needs no nodes at all; ``unix:///path`` is that socket on a node, over SSH.
+    """
+    from coreos_lab import deploy as dep
+    from coreos_lab.fleet import FleetClient
+
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if endpoint is not None:
+        if backend == "systemd":
+            raise UsageError("--fleet-endpoint needs --backend fleet (or auto)")
+        if not endpoint.startswith(("http://", "https://", "unix:///")):
+            raise UsageError(f"--fleet-endpoint must be http://HOST:PORT or unix:///PATH, got {endpoint!r}")
+        if not endpoint.startswith("unix:"):
+            yield _Target(None, {}, FleetClient(endpoint))
+            return
+    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
+        facts = dep.probe_nodes(cluster, lab_specs(lab, inventory))
+        reachable = [f for f in facts.values() if f.reachable]
+        with_fleet = [f for f in reachable if f.runs_fleet]
+        if backend == "fleet" or endpoint is not None or (backend == "auto" and with_fleet):
+            socket_path = endpoint[len("unix://") :] if endpoint else dep.FLEET_SOCKET
+            chosen = (with_fleet or reachable)[:1]
+            if not chosen:
+                raise CoreosLabError("no node is reachable to talk to fleet through")
+            yield _Target(cluster, facts, FleetClient.over_runner(cluster.runner(chosen[0].name), socket_path))
+        else:
+            yield _Target(cluster, facts)
+
+
+def _where(o: NodeOutcome, fleet: bool = False) -> str:
+    if fleet:
+        from coreos_lab.fleet import machine_cell
+
+        return machine_cell(o.node, o.ip) if o.node else "-"
     return f"{o.node} ({o.ip})" if o.ip else o.node
 
 
@@ -84,6 +152,8 @@ def deploy_cmd(
     unit_files: list[Path] = UNIT_FILES_ARG,
     timeout: float = WAIT_OPTION,
     as_json: bool = JSON_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -93,8 +163,12 @@ def deploy_cmd(
     from coreos_lab import deploy as dep
 
     units = _read_units(unit_files)  # every file is checked before any node is touched
-    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        outcomes = dep.deploy(cluster, units, specs=lab_specs(lab, inventory), timeout=timeout)
+    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+        if t.fleet is not None:
+            outcomes = dep.fleet_deploy(t.fleet, units, timeout=timeout)
+        else:
+            outcomes = dep.deploy(t.nodes, units, facts=t.facts, timeout=timeout)
+        on_fleet = t.fleet is not None
     if as_json:
         emit_json([o.to_json() for o in outcomes])
     else:
@@ -102,15 +176,15 @@ def deploy_cmd(
             for w in o.warnings:
                 typer.echo(f"warning: {w}", err=True)
             if o.status == "unchanged":
-                where = ", ".join(_where(n) for n in o.nodes)
+                where = ", ".join(_where(n, on_fleet) for n in o.nodes) or "-"
                 typer.echo(f"Unit {o.unit} unchanged: {o.detail} (launched on {where})")
                 continue
             for n in o.nodes:
                 if n.ok:
                     verb = "updated and launched" if o.status == "updated" else "launched"
-                    typer.echo(f"Unit {o.unit} {verb} on {_where(n)}")
+                    typer.echo(f"Unit {o.unit} {verb} on {_where(n, on_fleet)}")
                 else:
-                    typer.echo(f"error: Unit {o.unit} failed on {_where(n)}: {n.error}", err=True)
+                    typer.echo(f"error: Unit {o.unit} failed on {_where(n, on_fleet)}: {n.error}", err=True)
             if o.detail:
                 typer.echo(f"Unit {o.unit}: {o.detail}")
     if not all(o.ok for o in outcomes):
@@ -120,6 +194,8 @@ def deploy_cmd(
 def undeploy_cmd(
     units: list[str] = UNITS_ARG,
     as_json: bool = JSON_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -131,8 +207,11 @@ def undeploy_cmd(
 
     for u in units:
         validate_unit_name(u)
-    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        outcomes = dep.undeploy(cluster, units)
+    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+        if t.fleet is not None:
+            outcomes = dep.fleet_undeploy(t.fleet, units)
+        else:
+            outcomes = dep.undeploy(t.nodes, units, facts=t.facts)
     if as_json:
         emit_json([o.to_json() for o in outcomes])
     else:
@@ -147,13 +226,28 @@ def undeploy_cmd(
         raise typer.Exit(1)
 
 
+def vars_state(s: Any) -> dict[str, Any]:
+    """A fleet unit state as JSON (fleet's own field names)."""
+    return {
+        "name": s.name,
+        "machineID": s.machine_id,
+        "hash": s.hash,
+        "systemdLoadState": s.load_state,
+        "systemdActiveState": s.active_state,
+        "systemdSubState": s.sub_state,
+    }
+
+
 def _rows_units(rows: list[Any]) -> list[list[Any]]:
     return [[r.unit, r.machine, r.active_state if r.error is None else "unknown", r.sub_state] for r in rows]
 
 
 def list_units_cmd(
     as_json: bool = JSON_OPTION,
+    full: bool = typer.Option(False, "--full", "-l", help="With the fleet backend: full machine IDs."),
     no_legend: bool = NO_LEGEND_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -162,8 +256,17 @@ def list_units_cmd(
     """Deployed units where they run: UNIT MACHINE ACTIVE SUB (desired state from etcd, live state from systemd)."""
     from coreos_lab import deploy as dep
 
-    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        rows = dep.list_units(cluster, facts=dep.probe_nodes(cluster, lab_specs(lab, inventory)))
+    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+        if t.fleet is not None:
+            from coreos_lab import fleet
+
+            states, machines = t.fleet.states(), t.fleet.machines()
+            if as_json:
+                emit_json([vars_state(s) for s in states])
+            else:
+                typer.echo(fleet.list_units_table(states, machines, full=full, legend=not no_legend), nl=False)
+            return
+        rows = dep.list_units(t.nodes, facts=t.facts)
     if as_json:
         emit_json([r.to_json() for r in rows])
     else:
@@ -174,6 +277,8 @@ def list_unit_files_cmd(
     as_json: bool = JSON_OPTION,
     full: bool = FULL_OPTION,
     no_legend: bool = NO_LEGEND_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -182,9 +287,18 @@ def list_unit_files_cmd(
     """Deployed unit files: UNIT HASH DSTATE STATE TARGET."""
     from coreos_lab import deploy as dep
 
-    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        facts = dep.probe_nodes(cluster, lab_specs(lab, inventory))
-        rows = dep.list_unit_files(cluster, facts=facts)
+    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+        if t.fleet is not None:
+            from coreos_lab import fleet
+
+            funits, machines = t.fleet.units(), t.fleet.machines()
+            if as_json:
+                emit_json([{**u.to_json(), "hash": u.hash} for u in funits])
+            else:
+                typer.echo(fleet.list_unit_files_table(funits, machines, full=full, legend=not no_legend), nl=False)
+            return
+        facts = t.facts
+        rows = dep.list_unit_files(t.nodes, facts=facts)
     if as_json:
         emit_json([r.to_json() for r in rows])
         return
@@ -202,16 +316,26 @@ def list_machines_cmd(
     as_json: bool = JSON_OPTION,
     full: bool = typer.Option(False, "--full", "-l", help="Also show each node's machine ID."),
     no_legend: bool = NO_LEGEND_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """The nodes: MACHINE IP METADATA (exit 1 when a node cannot be reached)."""
-    from coreos_lab import deploy as dep
 
-    with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        facts = dep.probe_nodes(cluster, lab_specs(lab, inventory))
+    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+        if t.fleet is not None:
+            from coreos_lab import fleet
+
+            machines = t.fleet.machines()
+            if as_json:
+                emit_json([{"id": m.id, "ip": m.primary_ip, "metadata": dict(m.metadata)} for m in machines])
+            else:
+                typer.echo(fleet.list_machines_table(machines, full=full, legend=not no_legend), nl=False)
+            return
+        facts = t.facts
     if as_json:
         emit_json([f.to_json() for f in facts.values()])
     else:
@@ -291,26 +415,35 @@ def reconcile_cmd(
 
 
 # ---- unit start|stop|cat|status ------------------------------------------------------------------------------------
-def _state_change(
-    unit: str, desired: str, timeout: float, as_json: bool, lab: Path | None, inv: Path | None, np: bool, an: bool
-) -> None:
+@dataclass(frozen=True)
+class _Where:
+    backend: str
+    fleet_endpoint: str | None
+    lab: Path | None
+    inventory: Path | None
+    no_persist: bool
+    accept_new: bool
+
+
+def _state_change(unit: str, desired: Literal["launched", "loaded"], timeout: float, as_json: bool, w: _Where) -> None:
     from coreos_lab import deploy as dep
     from coreos_lab.unitfile import validate_unit_name
 
     validate_unit_name(unit)
-    with _nodes(lab, inv, np, an) as cluster:
-        facts = dep.probe_nodes(cluster, lab_specs(lab, inv))
-        change = dep.set_state(
-            cluster, unit, "launched" if desired == "launched" else "loaded", facts=facts, timeout=timeout
-        )
+    with _target(w.backend, w.fleet_endpoint, w.lab, w.inventory, w.no_persist, w.accept_new) as t:
+        if t.fleet is not None:
+            change = dep.fleet_set_state(t.fleet, unit, desired, timeout=timeout)
+        else:
+            change = dep.set_state(t.nodes, unit, desired, facts=t.facts, timeout=timeout)
+        on_fleet = t.fleet is not None
     if as_json:
         emit_json(change.to_json())
     else:
         for n in change.nodes:
             if n.ok:
-                typer.echo(f"Unit {unit} {desired} on {_where(n)}")
+                typer.echo(f"Unit {unit} {desired} on {_where(n, on_fleet)}")
             else:
-                typer.echo(f"error: Unit {unit} on {_where(n)}: {n.error}", err=True)
+                typer.echo(f"error: Unit {unit} on {_where(n, on_fleet)}: {n.error}", err=True)
     if not change.ok:
         raise typer.Exit(1)
 
@@ -320,26 +453,33 @@ def unit_start(
     unit: str = UNIT_ARG,
     timeout: float = WAIT_OPTION,
     as_json: bool = JSON_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Set the unit's desired state to launched and start it on its node(s)."""
-    _state_change(unit, "launched", timeout, as_json, lab, inventory, no_persist, accept_new)
+    w = _Where(backend, fleet_endpoint, lab, inventory, no_persist, accept_new)
+    _state_change(unit, "launched", timeout, as_json, w)
 
 
 @unit_app.command("stop")
 def unit_stop(
     unit: str = UNIT_ARG,
+    timeout: float = WAIT_OPTION,
     as_json: bool = JSON_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Set the unit's desired state to loaded and stop it (it stays installed)."""
-    _state_change(unit, "loaded", 30.0, as_json, lab, inventory, no_persist, accept_new)
+    w = _Where(backend, fleet_endpoint, lab, inventory, no_persist, accept_new)
+    _state_change(unit, "loaded", timeout, as_json, w)
 
 
 @unit_app.command("cat")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -538,10 +541,8 @@ def test_etcd_kv_maps_the_store_protocol_onto_the_client() -> None:
 
 
 # ---- CLI input errors (no nodes needed) ----------------------------------------------------------------------------
-def test_cli_deploy_rejects_a_bad_unit_file_in_one_line(tmp_path: object) -> None:
-    from pathlib import Path
-
-    d = Path(str(tmp_path))
+def test_cli_deploy_rejects_a_bad_unit_file_in_one_line(tmp_path: Path) -> None:
+    d = tmp_path
     bad = d / "bad.service"
     bad.write_text("[Sevice]\nExecStart=/bin/true\n")
     result = CliRunner().invoke(app, ["deploy", str(bad), "--inventory", str(d / "none")])
@@ -556,3 +557,58 @@ def test_cli_deploy_rejects_a_bad_unit_file_in_one_line(tmp_path: object) -> Non
     named = CliRunner().invoke(app, ["deploy", str(badname), "--inventory", str(d / "none")])
     assert named.exit_code == 2
     assert "invalid unit name" in named.output
+
+
+# ---- the fleet backend (against the fleet v1.0.0 API double) -----------------------------------------------------
+def test_probe_detects_fleetd() -> None:
+    out = "m\n@@coreos-lab@@\n@@coreos-lab@@\nh\n@@coreos-lab@@\n10.1.1.1\n@@coreos-lab@@\nfleet\n"
+    assert dep.parse_probe("n", out).runs_fleet
+    assert not dep.parse_probe("n", out.replace("fleet\n", "")).runs_fleet
+
+
+def test_cli_drives_fleet_like_fleetctl(tmp_path: Path) -> None:
+    from tests.fleet_double import running_double
+
+    unit_path = tmp_path / "hello.service"
+    unit_path.write_text(HELLO)
+    runner = CliRunner()
+    with running_double() as fd:
+
+        def run(*args: str) -> Any:
+            return runner.invoke(app, [*args, "--backend", "fleet", "--fleet-endpoint", fd.url])
+
+        first = run("deploy", str(unit_path), "--timeout", "5")
+        assert first.exit_code == 0, first.output
+        assert first.output == "Unit hello.service launched on 3d1219c7.../127.0.0.1\n"
+        assert fd.state.units["hello.service"]["desiredState"] == "launched"
+        again = run("deploy", str(unit_path))
+        assert again.exit_code == 0
+        assert "unchanged" in again.output
+        unit_path.write_text(HELLO + "Restart=always\n")
+        clash = run("deploy", str(unit_path))
+        assert clash.exit_code == 1
+        assert "already exists in fleet with different content" in clash.output
+        stop = run("unit", "stop", "hello.service")
+        assert stop.exit_code == 0, stop.output
+        assert fd.state.units["hello.service"]["desiredState"] == "loaded"
+        units = run("list-units")
+        assert units.exit_code == 0
+        rows = [line.split() for line in units.output.splitlines()]
+        assert rows[0] == ["UNIT", "MACHINE", "ACTIVE", "SUB"]
+        assert ["hello.service", "3d1219c7.../127.0.0.1", "inactive", "dead"] in rows
+        files = run("list-unit-files", "--no-legend")
+        assert any(
+            line.split()[:3] == ["hello.service", unit("hello.service").hash[:7], "loaded"]
+            for line in files.output.splitlines()
+        )
+        machines = run("list-machines", "--json")
+        assert json.loads(machines.output) == [
+            {"id": fd.state.machines[0]["id"], "ip": "127.0.0.1", "metadata": {"role": "probe"}}
+        ]
+        gone = run("undeploy", "hello.service")
+        assert gone.output == "Destroyed hello.service\n"
+        assert "hello.service" not in fd.state.units
+        assert run("undeploy", "hello.service").output == "Unit hello.service was not deployed; nothing to destroy\n"
+    bad = runner.invoke(app, ["list-units", "--backend", "fleet", "--fleet-endpoint", "ftp://x"])
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: --fleet-endpoint must be http://HOST:PORT or unix:///PATH")
