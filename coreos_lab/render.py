@@ -404,6 +404,7 @@ def _check_user_data_dir(lab_dir: Path) -> None:
 def existing_lab_files(lab_dir: Path) -> list[Path]:
     """Files of a lab already present in ``lab_dir`` (what ``init`` refuses to overwrite without --force)."""
     candidates = [lab_dir / CONFIG_NAME, *(lab_dir / name for name in RENDERED_TOP), lab_dir / USER_DATA_DIR]
+    candidates.append(lab_dir / tls.TLS_DIR)  # a lab CA is never replaced without --force
     return [p for p in candidates if p.exists()]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from coreos_lab import config as config_mod
 from coreos_lab import tls
 from coreos_lab.cli import app
 from coreos_lab.config import CONFIG_NAME, LabConfig
-from coreos_lab.errors import ConfigError
+from coreos_lab.errors import ConfigError, UsageError
 from coreos_lab.render import init_lab, render_existing, render_lab
 
 from .test_render import parse_unit, unquote_env
@@ -292,6 +293,20 @@ def test_render_refuses_damaged_or_stale_material(tmp_path: Path, damage: Any, m
     with pytest.raises(ConfigError, match=match):
         render_existing(tmp_path)
     assert tree(tmp_path) == before, "a refused render must not touch the lab"
+
+
+def test_init_never_replaces_a_lab_ca_without_force(tmp_path: Path) -> None:
+    init_lab(tmp_path, tls_lab())
+    for name in (CONFIG_NAME, "Vagrantfile", "config.rb"):
+        (tmp_path / name).unlink()
+    shutil.rmtree(tmp_path / "user-data")
+    before = tree(tmp_path / "tls")
+    with pytest.raises(UsageError, match=r"already holds a lab \(tls\)"):
+        init_lab(tmp_path, tls_lab())
+    assert tree(tmp_path / "tls") == before
+    result = init_lab(tmp_path, tls_lab(), force=True)  # --force: a new CA, reported file by file
+    assert tree(tmp_path / "tls")["ca.pem"] != before["ca.pem"]
+    assert tmp_path / "tls" / "ca-key.pem" in result.written
 
 
 def test_tighten_fixes_a_wide_tls_dir(tmp_path: Path) -> None:
