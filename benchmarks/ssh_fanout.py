@@ -105,6 +105,8 @@ def stop_mux(config_text: str, runtime: Path) -> None:
 
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     client = MuxClient(config_text, idle=120)
+    if not client.socket_path.exists():  # already gone (ping would start a new one)
+        return
     try:
         pid = int(client.ping()["pid"])
         client.shutdown()
