@@ -4,15 +4,19 @@ Each member is started with exactly the ``Environment=`` lines of its node's ren
 YAML, unquoted the way systemd does), the files of its ``write_files`` placed under a per-node root, and only
 these substitutions, all asserted: the node's IP and the fixed ports become 127.0.0.1 and free ports (two members
 share one loopback), node paths get the per-node root as prefix, and a data dir is added (the unit sets it).
+The last test drops the address substitution: one network namespace per node, joined by a veth pair, each
+member on its node's own IP with the rendered URLs unchanged (node-IP SANs, https peer URLs as rendered).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +31,7 @@ from coreos_lab.config import LabConfig, NodeSpec
 from coreos_lab.errors import EtcdError
 from coreos_lab.etcd import EtcdClient, cluster_health
 from coreos_lab.render import init_lab
-from tests.conftest import require_binary
+from tests.conftest import require_binary, require_root
 from tests.integration.etcd_rig import free_port
 from tests.unit.test_render import parse_unit, unquote_env
 
@@ -253,3 +257,140 @@ def test_certificate_from_another_ca_is_refused(tls_cluster: tuple[Path, list[Me
     )
     assert ok.status_code == 200
     assert "core-02" in ok.text
+
+
+# ---------------------------------------------------------------- on the nodes' own addresses, in a netns
+
+_NETNS_CLIENT = r"""
+import json, sys
+from coreos_lab.etcd import EtcdClient
+from coreos_lab.errors import EtcdError
+cert, key, ca, url1, url2 = sys.argv[1:6]
+out = {}
+with EtcdClient(url1, cert=(cert, key), verify=ca, timeout=5) as c1:
+    out["health1"] = c1.health()
+    out["put"] = c1.put("/tls/netns", b"on node addresses")
+with EtcdClient(url2, cert=(cert, key), verify=ca, timeout=5) as c2:
+    kv = c2.get("/tls/netns")
+    out["get2"] = kv.value.decode() if kv else None
+    out["peer_urls"] = sorted(u for m in c2.member_list() for u in m.peer_urls)
+try:
+    with EtcdClient(url1, verify=ca, timeout=5) as anon:
+        anon.health()
+    out["anonymous"] = "accepted"
+except EtcdError as exc:
+    out["anonymous"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_rendered_drop_ins_unchanged_on_node_addresses_in_a_netns(tmp_path: Path) -> None:
+    """The rendered environment with no address or port changed: etcd on 192.168.56.101/102, one netns each.
+
+    Only the certificate paths get the per-node root as prefix and a data dir is added; every URL is exactly
+    as rendered, so the node-IP SANs and the https peer URLs are what is tested.
+    """
+    require_binary("etcd")
+    require_binary("ip")
+    require_root()
+    lab_dir, workdir = tmp_path / "lab", tmp_path / "run"
+    workdir.mkdir()
+    cfg = init_lab(lab_dir, LabConfig(instances=2, tls=True, cluster_token="coreos-lab-netns")).config
+    # One netns per node (each has its own loopback, as a VM does), joined by a veth pair on the lab network.
+    namespaces = [f"cl-tls-{os.getpid()}-{i}" for i in (1, 2)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for ns in namespaces:
+            subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                "veth-a",
+                "netns",
+                namespaces[0],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "veth-b",
+                "netns",
+                namespaces[1],
+            ],
+            check=True,
+            timeout=10,
+        )
+        for ns, dev, node in zip(namespaces, ("veth-a", "veth-b"), cfg.nodes, strict=True):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{node.ip}/24", "dev", dev], check=True, timeout=10)
+            for link in ("lo", dev):
+                subprocess.run(["ip", "-n", ns, "link", "set", link, "up"], check=True, timeout=10)
+        for ns, node in zip(namespaces, cfg.nodes, strict=True):
+            rendered, write_files = rendered_node(lab_dir, node.name)
+            root = workdir / node.name
+            for entry in write_files:
+                target = root / entry["path"].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(entry["content"])
+                os.chmod(target, int(entry["permissions"], 8))
+            env = {k: v.replace(tls.NODE_TLS_DIR, str(root) + tls.NODE_TLS_DIR) for k, v in rendered.items()}
+            assert {k: v for k, v in env.items() if "_FILE" not in k} == {
+                k: v for k, v in rendered.items() if "_FILE" not in k
+            }, "only file paths may differ from the rendered drop-in"
+            env.update(ETCD_DATA_DIR=str(workdir / f"{node.name}.etcd"), ETCD_LOG_LEVEL="warn", ETCD_LOGGER="zap")
+            log = (workdir / f"{node.name}.log").open("ab")
+            with log:
+                procs.append(
+                    subprocess.Popen(
+                        ["ip", "netns", "exec", ns, ETCD],  # ip execs etcd: the PID is etcd's
+                        env={"PATH": "/usr/sbin:/usr/bin:/bin", **env},
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        cert, key, ca = tls.client_material(lab_dir) or pytest.fail("no client material")
+        urls = [f"https://{n.ip}:2379" for n in cfg.nodes]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            namespaces[0],
+            sys.executable,
+            "-c",
+            _NETNS_CLIENT,
+            str(cert),
+            str(key),
+            str(ca),
+            *urls,
+        ]
+        deadline = time.monotonic() + 40
+        while True:
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+            if run.returncode == 0:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                logs = " | ".join((workdir / f"{n.name}.log").read_text()[-1500:] for n in cfg.nodes)
+                pytest.fail(f"TLS cluster on node addresses not usable: {run.stderr[-500:]} {logs}")
+            time.sleep(0.5)
+        out = json.loads(run.stdout)
+        assert out["health1"] is True
+        assert out["put"] > 0
+        assert out["get2"] == "on node addresses"
+        assert out["peer_urls"] == [f"https://{n.ip}:2380" for n in cfg.nodes]
+        assert out["anonymous"].startswith(f"etcd {urls[0]}")
+        assert "\n" not in out["anonymous"]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        for ns in namespaces:  # deleting a netns removes its end of the veth pair, and so the pair
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=10)
