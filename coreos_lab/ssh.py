@@ -44,7 +44,6 @@ if logging.getLogger("paramiko").level == logging.NOTSET:
 # POSIX sh syntax: the node's login shell runs it (bash on Flatcar, sh/dash on Debian).
 _PID_MARK = b"coreos-lab-pid:"
 _PID_PREFIX = "printf 'coreos-lab-pid:%s\\n' \"$$\" >&2"
-_KILL_WAIT = 2.0
 _MAX_SESSIONS = 8  # below OpenSSH's MaxSessions default (10): leaves room for SFTP and the kill channel
 _KNOWN_HOSTS_LOCK = threading.Lock()  # accept-new appends from several threads must not interleave
 _BUF = 65536
@@ -312,9 +311,9 @@ class SSHRunner:
         try:
             chan = self._channel(lambda t: t.open_session(timeout=self.connect_timeout))
             try:
+                # exec_command returns once sshd has started the script; it runs on after the close,
+                # so the caller gets its CommandTimeout without waiting for the node's shell start-up.
                 chan.exec_command(script)
-                chan.shutdown_write()
-                chan.status_event.wait(_KILL_WAIT)
             finally:
                 chan.close()
         except (SSHError, paramiko.SSHException, EOFError, OSError) as exc:

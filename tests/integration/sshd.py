@@ -187,19 +187,25 @@ class Sshd:
             todo.extend(children.get(pid, []))
         return out
 
-    def kill_commands(self, needle: str) -> int:
-        """SIGKILL the commands (descendants of this server) whose command line contains ``needle``."""
-        killed = 0
+    def command_pids(self, needle: str) -> list[int]:
+        """PIDs of the commands (descendants of this server) whose command line contains ``needle``."""
+        found = []
         for pid in self._subtree(self.session_pids()):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
             if needle in cmdline and pid != os.getpid():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                killed += 1
-        return killed
+                found.append(pid)
+        return found
+
+    def kill_commands(self, needle: str) -> int:
+        """SIGKILL the commands (descendants of this server) whose command line contains ``needle``."""
+        pids = self.command_pids(needle)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
 
     def kill_sessions(self) -> int:
         """SIGKILL every connection (and the commands it runs): clients see the connection drop.
