@@ -122,9 +122,10 @@ CAMPAIGNS: dict[str, list[Callable[[], None]]] = {
         b'{"result": "x"}',
         b'{"result": {"events": ["x"]}}',
         b'{"result": {"header": {"revision": "abc"}}}',
+        b'{"result": {"header": {"revision": []}}}',
         b'{"result": {"events": [{"kv": {"key": "!!"}}]}}',
     ],
-    ids=["result-not-object", "event-not-object", "revision-not-number", "key-not-base64"],
+    ids=["result-not-object", "event-not-object", "revision-not-number", "revision-a-list", "key-not-base64"],
 )
 def test_found_watch_garbage_is_an_etcd_error(body: bytes) -> None:
     t.run_etcd_case("watch", [(200, body)])
