@@ -263,6 +263,23 @@ def test_conflicts_global_metadata_and_machine_id(
     assert where(nodes, "pinned.service") == ["core-02"]
 
 
+def test_replaces_takes_the_node_and_pushes_the_old_unit_away(
+    cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
+) -> None:
+    [old] = dep.deploy(cluster, [unit("old.service")], store=store, timeout=2)
+    home = old.nodes[0].node
+    [new] = dep.deploy(cluster, [fleet("new.service", "Replaces=old.service\n")], store=store, timeout=2)
+    assert new.ok
+    assert [n.node for n in new.nodes] == [home]
+    assert "replaced" in new.detail
+    assert where(nodes, "new.service") == [home]
+    moved = where(nodes, "old.service")
+    assert len(moved) == 1
+    assert moved != [home]
+    assert store.get("old.service").targets == tuple(moved)  # type: ignore[union-attr]
+    assert not dep.reconcile(cluster, store=store).changed
+
+
 def test_unplaceable_unit_says_why_and_writes_nothing(cluster: Cluster, store: RecordStore) -> None:
     with pytest.raises(SchedulingError, match=r"core-02: MachineMetadata role=gpu \(node has role=db\)"):
         dep.deploy(cluster, [fleet("gpu.service", "MachineMetadata=role=gpu\n")], store=store, timeout=2)
