@@ -99,7 +99,8 @@ class ClusterStatus:
             code |= NODE_DOWN
         if not self.etcd.has_quorum:
             code |= ETCD_UNHEALTHY
-        if self.units_error is not None or any(not u.in_desired_state for u in self.units):
+        # Without quorum the desired state cannot be read: that is bit 2's fault, not a unit's.
+        if (self.units_error is not None and self.etcd.has_quorum) or any(not u.in_desired_state for u in self.units):
             code |= UNIT_NOT_DESIRED
         return code
 

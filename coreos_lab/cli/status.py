@@ -101,7 +101,7 @@ def status(
                         u.unit,
                         u.machine,
                         u.desired_state,
-                        u.active_state or u.error,
+                        u.active_state or ("unknown" if u.error else None),
                         u.sub_state,
                         yes[u.in_desired_state],
                     ]
