@@ -56,6 +56,7 @@ INSTALL_HINTS: Final = {
 _PROVIDER_MISSING_RE: Final = re.compile(r"provider '([\w-]+)' could not be found", re.IGNORECASE)
 _PROGRESS_RE: Final = re.compile(r"^(?:==> |    )([A-Za-z0-9][\w.-]*): (.*)$")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_RUBY_FRAME_RE: Final = re.compile(r"^\s*(?:from\s+)?\S+\.rb:\d+:in [`'][^']*'(?::\s*(.*))?$")
 DEFAULT_TIMEOUT: Final = 3600.0
 
 
@@ -108,7 +109,15 @@ def explain_failure(command: str, exit_code: int, stderr: str) -> VagrantError:
             f"Vagrant has no {provider!r} provider",
             hint=INSTALL_HINTS.get(provider, f"install the vagrant-{provider} plugin"),
         )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("from /")]
+    lines = []
+    for raw in text.splitlines():
+        # An uncaught Ruby exception: keep its message, drop the backtrace locations.
+        frame = _RUBY_FRAME_RE.match(raw)
+        if frame is None:
+            if raw.strip():
+                lines.append(raw.strip())
+        elif frame.group(1):
+            lines.append(frame.group(1).strip())
     tail = " | ".join(lines[-4:]) if lines else "no output on stderr"
     return VagrantError(f"vagrant {command} failed (exit {exit_code}): {tail}")
 

@@ -234,3 +234,17 @@ def test_probe_command_quotes_nothing_from_outside() -> None:
     assert "systemctl is-active etcd-member.service" in cmd
     assert cmd.endswith("true")
     assert os.linesep not in cmd
+
+
+def test_explain_failure_takes_the_message_out_of_a_ruby_crash() -> None:
+    err = vagrant.explain_failure(
+        "destroy",
+        1,
+        "/usr/lib/ruby/vendor_ruby/fog/libvirt/requests/compute/vm_action.rb:7:in `create': "
+        "Call to virDomainCreateWithFlags failed: Permission denied (Libvirt::Error)\n"
+        "\tfrom /usr/share/rubygems-integration/all/gems/vagrant-2.3.4/lib/vagrant/environment.rb:631:in `lock'\n"
+        "/usr/share/rubygems-integration/all/gems/vagrant-2.3.4/lib/vagrant/machine.rb:203:in `call'\n",
+    )
+    assert str(err) == (
+        "vagrant destroy failed (exit 1): Call to virDomainCreateWithFlags failed: Permission denied (Libvirt::Error)"
+    )

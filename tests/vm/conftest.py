@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +72,14 @@ def rig() -> Iterator[Rig]:
             assert not pid_file.exists()
             netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
             assert NS not in netns.split()
+
+
+@pytest.fixture(scope="session")
+def lab_root() -> Iterator[Path]:
+    """Lab directories outside pytest's basetemp: concurrent pytest runs prune old basetemps, and a lab
+    directory vanishing under a running Vagrant leaves its VMs orphaned."""
+    root = Path(tempfile.mkdtemp(prefix="coreos-lab-e2e-", dir="/var/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
