@@ -344,9 +344,8 @@ class Agent:
             (self.path("/run/systemd/system") / name).unlink()  # unmask, as coreos-cloudinit does
             written = True
         if _bool(unit.get("enable"), f"{name}.enable", self.report) and not is_network:
-            if written:
-                # enable reads the unit file through systemd: make what we just wrote visible first
-                self._must(["systemctl", "daemon-reload"], "daemon-reload")
+            # `systemctl enable` reads unit files from disk: no daemon-reload needed before it (only one, after
+            # all units, as coreos-cloudinit does).
             argv = ["systemctl", "enable", "--force"] + (["--runtime"] if runtime else []) + [name]
             rc, out = self.run(argv)
             if rc != 0:

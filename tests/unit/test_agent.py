@@ -89,9 +89,11 @@ def test_flatcar_user_data_applies_in_coreos_cloudinit_order(root: Path) -> None
     assert 'Environment="ETCD_NAME=core-01"' in dropin.read_text()
     assert dropin.stat().st_mode & 0o777 == 0o644
     calls = rec.systemctl()
-    # enable now (after making the drop-in visible), ONE final daemon-reload, then the commands in order
+    # enable now, ONE daemon-reload after all units, then the commands in order
     assert ["systemctl", "enable", "--force", "etcd-member.service"] in calls
-    reload_at = [i for i, c in enumerate(calls) if c == ["systemctl", "daemon-reload"]][-1]
+    reloads = [i for i, c in enumerate(calls) if c == ["systemctl", "daemon-reload"]]
+    assert len(reloads) == 1
+    reload_at = reloads[0]
     starts = [i for i, c in enumerate(calls) if "start" in c]
     assert starts
     assert all(i > reload_at for i in starts)
