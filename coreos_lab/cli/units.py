@@ -356,6 +356,7 @@ def journal_cmd(
     lines: int = typer.Option(10, "-n", "--lines", help="How many of the last lines."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines (Ctrl-C to stop)."),
     interval: float = typer.Option(1.0, "--interval", help="With -f: seconds between polls."),
+    node: str | None = typer.Option(None, "--node", "-N", help="This node (e.g. for a global unit)."),
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -370,8 +371,7 @@ def journal_cmd(
     if lines < 0 or interval <= 0:
         raise UsageError("-n must be >= 0 and --interval > 0")
     with _nodes(lab, inventory, no_persist, accept_new) as cluster:
-        node = dep.journal_node(cluster, unit)
-        client = SystemdClient(cluster.runner(node))
+        client = SystemdClient(cluster.runner(node or dep.journal_node(cluster, unit)))
         text, cursor = client.journal_after(unit, lines=lines)
         typer.echo(text, nl=False)
         while follow:

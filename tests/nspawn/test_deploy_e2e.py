@@ -206,6 +206,10 @@ def test_global_unit_runs_on_every_node(rig: DeployRig, inventory: Path, units_d
     files = cli(inventory, "list-unit-files")
     row = next(line.split() for line in files.stdout.splitlines() if line.startswith("everywhere.service"))
     assert row[2:] == ["launched", "launched", "global"]
+    journal = cli(inventory, "journal", "everywhere.service", "--node", "core-02", "-n", "5")
+    assert journal.returncode == 0, journal.stderr
+    assert journal.stdout
+    assert all(" core-02 " in line for line in journal.stdout.splitlines())
 
 
 def test_machine_metadata_role_web_only_on_web_nodes(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
