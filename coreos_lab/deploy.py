@@ -25,10 +25,20 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from coreos_lab.errors import CoreosLabError, EtcdError, UnitFileError, UsageError
 from coreos_lab.runner import Runner
-from coreos_lab.scheduler import Action, DesiredUnit, Node, Plan, apply_plan, place, plan_reconcile, with_loads
+from coreos_lab.scheduler import (
+    Action,
+    DesiredUnit,
+    Node,
+    Plan,
+    apply_plan,
+    eligibility,
+    place,
+    plan_reconcile,
+    with_loads,
+)
 from coreos_lab.state import DesiredStateStore, RecordStore, UnitRecord, update_record
 from coreos_lab.systemd import SystemdClient, UnitState
-from coreos_lab.unitfile import UnitFile, XFleet, validate_unit_name
+from coreos_lab.unitfile import UnitFile, XFleet, glob_match, validate_unit_name
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
@@ -259,7 +269,8 @@ class DeployOutcome:
 
 @dataclass(frozen=True, slots=True)
 class UndeployOutcome:
-    """One unit's undeploy: ``removed_from`` nodes that had it; ``deleted`` whether a record was deleted."""
+    """One unit's undeploy: ``removed_from`` the reachable nodes it is now gone from; ``deleted`` whether its
+    record was deleted (kept, as inactive, while a target node could not be reached)."""
 
     unit: str
     had_record: bool
@@ -635,8 +646,6 @@ def _deploy_one(
 
 
 def _displaced(name: str, xf: XFleet, records: Sequence[UnitRecord], targets: Sequence[str]) -> list[str]:
-    from coreos_lab.unitfile import glob_match
-
     if not xf.replaces:
         return []
     return sorted(
@@ -654,8 +663,6 @@ def _choose_targets(
     nodes = with_loads([f.to_node() for f in facts.values()], assignments)
     if current is not None and current.targets and not xf.global_:
         # An update stays where it runs when that node still qualifies: no needless move.
-        from coreos_lab.scheduler import eligibility
-
         keep = [n for n in nodes if n.name in current.targets]
         reasons = eligibility(name, xf, keep, assignments, others)
         if len(keep) == 1 and reasons.get(keep[0].name) is None:
@@ -684,11 +691,7 @@ def undeploy(
     reachable = [n for n, f in facts.items() if f.reachable]
     out = []
     for name in names:
-        record = update_record(
-            store,
-            name,
-            lambda r: None if r is None or r.desired_state == "inactive" else r.evolve(desired_state="inactive"),
-        )
+        record = update_record(store, name, _mark_inactive)
         removed = _remove_on(cluster, name, reachable, store.list())
         errors = [(n, str(e)) for n, e in removed.items() if e is not None]
         unreachable_targets = [n for n in (record.targets if record else ()) if n not in reachable]
