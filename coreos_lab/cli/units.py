@@ -507,7 +507,7 @@ def unit_status(
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
-    """``systemctl status`` of the unit on its node(s); exits like systemctl (3: not running)."""
+    """Show systemctl status of the unit on its node(s); exits like systemctl (3: not running)."""
     from coreos_lab import deploy as dep
     from coreos_lab.unitfile import validate_unit_name
 
