@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,42 @@ def test_concurrent_deploys_of_one_unit_have_one_winner(rig: DeployRig, inventor
     statuses = sorted(json.loads(out)[0]["status"] for out, _ in outs)
     assert statuses == ["launched", "unchanged"], [err for _, err in outs]
     assert len(active_on(rig, "race.service")) == 1
+
+
+def test_etcd_compare_and_swap_has_exactly_one_winner(rig: DeployRig) -> None:
+    """The store's CAS on the real etcd cluster: writers racing through different members, forced to overlap."""
+    from coreos_lab.deploy import EtcdKV
+    from coreos_lab.etcd import EtcdClient
+    from coreos_lab.state import RecordStore, UnitRecord
+    from coreos_lab.unitfile import UnitFile
+
+    stores = [RecordStore(EtcdKV(EtcdClient(n.etcd_url))) for n in rig.nodes]
+    records = [
+        UnitRecord.new(UnitFile.parse(SLEEPER + f"Environment=N={i}\n", name="cas.service"), "launched", (n.name,))
+        for i, n in enumerate(rig.nodes)
+    ]
+    barrier = threading.Barrier(len(stores), timeout=10)
+    won: list[UnitRecord | None] = [None] * len(stores)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        won[i] = stores[i].put(records[i], expected_revision=0)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    winners = [w for w in won if w is not None]
+    assert len(winners) == 1
+    stored = stores[0].get("cas.service")
+    assert stored is not None
+    assert stored.hash == winners[0].hash
+    assert stored.revision == winners[0].revision  # the revision put_if reported is the key's mod_revision
+    assert stores[1].put(records[1], expected_revision=stored.revision - 1) is None  # stale revision: refused
+    assert not stores[2].delete("cas.service", expected_revision=stored.revision - 1)
+    assert stores[2].delete("cas.service", expected_revision=stored.revision)
+    assert stores[0].get("cas.service") is None
 
 
 def test_conflicts_pair_lands_on_different_nodes(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
