@@ -17,9 +17,14 @@ from typing import Final
 
 SHOWN: Final = 4
 ELLIPSIS: Final = "…"
-# Discovery tokens (public service and self-hosted uuid4().hex) are 32 hex digits; nothing else coreos-lab
-# prints has exactly that shape (etcd member ids have 16, fleet unit hashes 40).
-_TOKEN_RE: Final = re.compile(rf"(?<![0-9A-Fa-f])([0-9A-Fa-f]{{{SHOWN}}})[0-9A-Fa-f]{{{32 - SHOWN}}}(?![0-9A-Fa-f])")
+# Discovery tokens (public service and self-hosted uuid4().hex) are 32 hex digits, and they travel in URLs:
+# right after the host (``https://discovery.etcd.io/<token>``, any discovery service) or after ``/discovery/``
+# (a self-hosted token's etcd key). Machine ids have the same shape but are no secret (fleetctl prints them),
+# so a bare 32-hex word, or one deeper in a path (``/_coreos.com/fleet/machines/<id>``), is left alone.
+_TOKEN_RE: Final = re.compile(
+    r"(?P<before>://[^/\s'\"]+/|/discovery/)"
+    rf"(?P<shown>[0-9A-Fa-f]{{{SHOWN}}})[0-9A-Fa-f]{{{32 - SHOWN}}}(?![0-9A-Fa-f])"
+)
 _PEM_KEY_RE: Final = re.compile(r"-----BEGIN ((?:[A-Z]+ )?PRIVATE KEY)-----.*?(?:-----END \1-----|\Z)", re.DOTALL)
 
 
@@ -41,9 +46,9 @@ def mask_token(url: str | None) -> str | None:
 
 
 def mask_text(text: str) -> str:
-    """``text`` with every 32-hex token shortened and every PEM private key block replaced."""
+    """``text`` with every discovery token in a URL shortened and every PEM private key block replaced."""
     text = _PEM_KEY_RE.sub(lambda m: f"[{m.group(1).lower()} hidden]", text)
-    return _TOKEN_RE.sub(lambda m: m.group(1) + ELLIPSIS, text)
+    return _TOKEN_RE.sub(lambda m: m.group("before") + m.group("shown") + ELLIPSIS, text)
 
 
 class MaskingFormatter(logging.Formatter):

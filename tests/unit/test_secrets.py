@@ -41,9 +41,14 @@ def test_mask_token(url: str | None, masked: str | None) -> None:
 
 def test_mask_text_leaves_other_hex_alone() -> None:
     member_id = "8e9e05c52164694d"
-    sha1 = "0123456789abcdef0123456789abcdef01234567"
-    text = f"member {member_id} unit hash {sha1} token {TOKEN}."
-    assert mask_text(text) == f"member {member_id} unit hash {sha1} token 0123…."
+    sha1 = "fedcba98765432100123456789abcdef01234567"
+    machine_id = "113f16a7b2d94a5fbd6c83d6b7c2f0aa"  # same shape as a token, but no secret
+    text = (
+        f"member {member_id} unit hash {sha1} machine {machine_id} key /_coreos.com/fleet/machines/{machine_id}/object"
+        f" token https://discovery.etcd.io/{TOKEN}."
+    )
+    assert mask_text(text) == text.replace(TOKEN, "0123…")
+    assert mask_text(f"'http://127.0.0.1:8080/{TOKEN}'") == "'http://127.0.0.1:8080/0123…'"
 
 
 def test_mask_text_hides_private_keys() -> None:
