@@ -36,7 +36,7 @@ from coreos_lab.scheduler import (
     plan_reconcile,
     with_loads,
 )
-from coreos_lab.state import DesiredStateStore, RecordStore, UnitRecord, update_record
+from coreos_lab.state import DesiredStateStore, EtcdKV, RecordStore, UnitRecord, update_record
 from coreos_lab.systemd import SystemdClient, UnitState
 from coreos_lab.unitfile import UnitFile, XFleet, glob_match, validate_unit_name
 
@@ -154,36 +154,6 @@ def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -
 
 
 # ---- etcd as the desired-state store ---------------------------------------------------------------------------------
-class EtcdKV:
-    """:class:`~coreos_lab.state.KeyValueStore` over an :class:`~coreos_lab.etcd.EtcdClient` (v3 transactions)."""
-
-    def __init__(self, client: EtcdClient) -> None:
-        self.client = client
-
-    def get(self, key: str) -> tuple[bytes, int] | None:
-        kv = self.client.get(key)
-        return None if kv is None else (kv.value, kv.mod_revision)
-
-    def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
-        if not self.client.txn_put_if(key, value, expect_mod_revision=expected_revision or None):
-            return None
-        # The transaction answer does not say our write's revision (EtcdClient returns only "succeeded"), so
-        # read it back. If another writer changed the key in between, answer a revision that can never match:
-        # the caller's next compare-and-swap then fails and re-reads, which is the safe outcome.
-        kv = self.client.get(key)
-        if kv is None or kv.value != value:
-            return -1
-        return kv.mod_revision
-
-    def delete_if(self, key: str, expected_revision: int | None = None) -> bool:
-        if expected_revision is None:
-            return self.client.delete(key) > 0
-        return self.client.txn_delete_if(key, expect_mod_revision=expected_revision)
-
-    def list_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        return [(kv.key_text, kv.value, kv.mod_revision) for kv in self.client.range(prefix)]
-
-
 def etcd_client(cluster: Cluster, facts: Mapping[str, NodeFacts] | None = None, *, timeout: float = 5.0) -> EtcdClient:
     """An etcd client through the first reachable node whose member answers and sees a leader."""
     from coreos_lab.etcd import EtcdClient

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from coreos_lab.deploy import ETCD_PORT, EtcdKV, UnitRow, observe, probe_nodes, unit_rows
+from coreos_lab.deploy import ETCD_PORT, UnitRow, observe, probe_nodes, unit_rows
 from coreos_lab.errors import CoreosLabError
-from coreos_lab.state import RecordStore, UnitRecord
+from coreos_lab.state import EtcdKV, RecordStore, UnitRecord
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster

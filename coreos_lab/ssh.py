@@ -524,7 +524,7 @@ class _Forwarder:
             try:
                 chan = self.runner.open_tcp_channel(*self.remote)
             except Exception as exc:  # reported in the log; the local client sees a closed socket
-                log.warning("%s: forward to %s:%s failed: %s", self.runner.host, *self.remote, exc)
+                log.debug("%s: forward to %s:%s failed: %s", self.runner.host, *self.remote, exc)
                 conn.close()
                 return
             _pump(conn, chan)

@@ -168,9 +168,8 @@ def test_concurrent_deploys_of_one_unit_have_one_winner(rig: DeployRig, inventor
 
 def test_etcd_compare_and_swap_has_exactly_one_winner(rig: DeployRig) -> None:
     """The store's CAS on the real etcd cluster: writers racing through different members, forced to overlap."""
-    from coreos_lab.deploy import EtcdKV
     from coreos_lab.etcd import EtcdClient
-    from coreos_lab.state import RecordStore, UnitRecord
+    from coreos_lab.state import EtcdKV, RecordStore, UnitRecord
     from coreos_lab.unitfile import UnitFile
 
     stores = [RecordStore(EtcdKV(EtcdClient(n.etcd_url))) for n in rig.nodes]

@@ -17,7 +17,7 @@ from coreos_lab import deploy as dep
 from coreos_lab.cli import app
 from coreos_lab.cluster import Cluster
 from coreos_lab.errors import EtcdError, SchedulingError, SSHError, UnitFileError
-from coreos_lab.state import PREFIX, InMemoryKV, RecordStore, UnitRecord
+from coreos_lab.state import PREFIX, EtcdKV, InMemoryKV, RecordStore, UnitRecord
 from coreos_lab.testing import FakeRunner
 from coreos_lab.unitfile import UnitFile
 
@@ -549,7 +549,7 @@ def test_etcd_kv_maps_the_store_protocol_onto_the_client() -> None:
             return True
 
     fake = FakeEtcd()
-    kv = dep.EtcdKV(fake)  # type: ignore[arg-type]
+    kv = EtcdKV(fake)  # type: ignore[arg-type]
     assert kv.put_if("/k", b"v1", 0) == 11
     assert kv.put_if("/k", b"v2", 0) is None  # must not exist yet
     assert kv.put_if("/k", b"v2", 11) == 12
