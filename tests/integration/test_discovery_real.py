@@ -32,6 +32,7 @@ import pytest
 import requests
 import yaml
 
+from coreos_lab.config import load as config_load
 from coreos_lab.discovery import RetryPolicy, create_self_hosted
 from coreos_lab.errors import DiscoveryError
 from tests.conftest import require_binary
@@ -147,7 +148,10 @@ def scenario_self_hosted(workdir: Path) -> dict[str, object]:
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         lab = workdir / "lab"
-        url = json.loads(proc.stdout)["discovery_url"]
+        # --json shows the token masked (it is a secret); the full URL lives only in coreos-lab.toml.
+        assert json.loads(proc.stdout)["discovery_url"].endswith("…")
+        url = config_load(lab).discovery_url
+        assert url is not None
         with rendered_cluster(lab, NODES, workdir) as members:
             registered = requests.get(url, timeout=5).json()["node"]["nodes"]
             return {
