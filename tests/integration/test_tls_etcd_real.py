@@ -11,12 +11,16 @@ member on its node's own IP with the rendered URLs unchanged (node-IP SANs, http
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from coreos_lab.config import LabConfig, NodeSpec
 from coreos_lab.errors import EtcdError
 from coreos_lab.etcd import EtcdClient, cluster_health
 from coreos_lab.render import init_lab
-from tests.conftest import require_binary, require_root
+from tests.conftest import require, require_binary, require_root
 from tests.integration.etcd_rig import free_port
 from tests.unit.test_render import parse_unit, unquote_env
 
@@ -288,13 +292,22 @@ def test_rendered_drop_ins_unchanged_on_node_addresses_in_a_netns(tmp_path: Path
     """The rendered environment with no address or port changed: etcd on 192.168.56.101/102, one netns each.
 
     Only the certificate paths get the per-node root as prefix and a data dir is added; every URL is exactly
-    as rendered, so the node-IP SANs and the https peer URLs are what is tested.
+    as rendered, so the node-IP SANs and the https peer URLs are what is tested. etcd runs as the etcd user
+    with the files' rendered owner and permissions, so keys that only root could read would fail here.
     """
     require_binary("etcd")
     require_binary("ip")
     require_root()
-    lab_dir, workdir = tmp_path / "lab", tmp_path / "run"
-    workdir.mkdir()
+    require_binary("setpriv")
+    try:
+        pwd.getpwnam("etcd")
+    except KeyError:
+        require(False, "no etcd user (Debian's etcd-server package creates it)")
+    lab_dir = tmp_path / "lab"
+    # etcd runs as the etcd user, as on a node: its files must be reachable outside pytest's 0700 tmp dirs.
+    workdir = Path(tempfile.mkdtemp(prefix="cl-tls-netns-"))
+    workdir.chmod(0o755)
+    etcd_user = pwd.getpwnam("etcd")
     cfg = init_lab(lab_dir, LabConfig(instances=2, tls=True, cluster_token="coreos-lab-netns")).config
     # One netns per node (each has its own loopback, as a VM does), joined by a veth pair on the lab network.
     namespaces = [f"cl-tls-{os.getpid()}-{i}" for i in (1, 2)]
@@ -333,16 +346,23 @@ def test_rendered_drop_ins_unchanged_on_node_addresses_in_a_netns(tmp_path: Path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(entry["content"])
                 os.chmod(target, int(entry["permissions"], 8))
+                if entry.get("owner"):  # what cloudinit does with owner: "user:group"
+                    user, _, group = entry["owner"].partition(":")
+                    os.chown(target, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
             env = {k: v.replace(tls.NODE_TLS_DIR, str(root) + tls.NODE_TLS_DIR) for k, v in rendered.items()}
             assert {k: v for k, v in env.items() if "_FILE" not in k} == {
                 k: v for k, v in rendered.items() if "_FILE" not in k
             }, "only file paths may differ from the rendered drop-in"
-            env.update(ETCD_DATA_DIR=str(workdir / f"{node.name}.etcd"), ETCD_LOG_LEVEL="warn", ETCD_LOGGER="zap")
+            data_dir = workdir / f"{node.name}.etcd"
+            data_dir.mkdir(mode=0o700)
+            os.chown(data_dir, etcd_user.pw_uid, etcd_user.pw_gid)
+            env.update(ETCD_DATA_DIR=str(data_dir), ETCD_LOG_LEVEL="warn", ETCD_LOGGER="zap")
             log = (workdir / f"{node.name}.log").open("ab")
             with log:
                 procs.append(
                     subprocess.Popen(
-                        ["ip", "netns", "exec", ns, ETCD],  # ip execs etcd: the PID is etcd's
+                        # ip and setpriv exec: the PID is etcd's. As the etcd user, like the node's unit (User=etcd).
+                        ["ip", "netns", "exec", ns, "setpriv", "--reuid=etcd", "--regid=etcd", "--clear-groups", ETCD],
                         env={"PATH": "/usr/sbin:/usr/bin:/bin", **env},
                         stdin=subprocess.DEVNULL,
                         stdout=log,
@@ -394,3 +414,4 @@ def test_rendered_drop_ins_unchanged_on_node_addresses_in_a_netns(tmp_path: Path
                     proc.wait(5)
         for ns in namespaces:  # deleting a netns removes its end of the veth pair, and so the pair
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
