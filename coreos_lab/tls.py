@@ -293,8 +293,8 @@ def _read(path: Path) -> str | None:
         raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
-def _check_node_cert(pem: str, path: Path, ca_cert: x509.Certificate, node: NodeSpec) -> None:
-    """The certificate must be ours, current, and still name the node's name and IP."""
+def _check_node_cert(pem: str, key_pem: str, path: Path, ca_cert: x509.Certificate, node: NodeSpec) -> None:
+    """The certificate must be ours, current, still name the node's name and IP, and go with its key."""
     hint = f"remove {path.parent} and run 'coreos-lab render' to issue new certificates for {node.name}"
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
@@ -311,6 +311,13 @@ def _check_node_cert(pem: str, path: Path, ca_cert: x509.Certificate, node: Node
     ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
     if node.name not in names or node.ip not in ips:
         raise ConfigError(f"{path} does not cover {node.name} at {node.ip} (the lab changed?)", hint=hint)
+    key_path = path.with_name(path.stem + "-key.pem")
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise ConfigError(f"{key_path} is not an unencrypted PEM private key", hint=hint) from exc
+    if key.public_key() != cert.public_key():
+        raise ConfigError(f"{key_path} does not belong to {path.name}", hint=hint)
 
 
 def load(lab_dir: Path, cfg: LabConfig) -> LabTLS:
@@ -360,8 +367,8 @@ def load(lab_dir: Path, cfg: LabConfig) -> LabTLS:
                 hint=f"remove {base / node.name} and re-render to issue new certificates for {node.name}",
             )
         server_cert, server_key, peer_cert, peer_key = (t or "" for t in texts)
-        _check_node_cert(server_cert, base / node.name / "server.pem", ca_cert, node)
-        _check_node_cert(peer_cert, base / node.name / "peer.pem", ca_cert, node)
+        _check_node_cert(server_cert, server_key, base / node.name / "server.pem", ca_cert, node)
+        _check_node_cert(peer_cert, peer_key, base / node.name / "peer.pem", ca_cert, node)
         nodes[node.name] = NodeCerts(node.name, server_cert, server_key, peer_cert, peer_key)
     return LabTLS(ca_cert_pem, ca_key_pem, client_cert, client_key, nodes, tuple(issued))
 

@@ -278,6 +278,13 @@ def test_render_with_tls_switched_on_by_hand_creates_a_ca_and_says_so(tmp_path: 
             ),
             "not a certificate issued by this lab's CA",
         ),
+        (lambda lab: (lab / "tls" / "core-01" / "server-key.pem").write_text("junk"), "server-key.pem is not"),
+        (
+            lambda lab: (lab / "tls" / "core-02" / "peer-key.pem").write_bytes(
+                (lab / "tls" / "core-01" / "peer-key.pem").read_bytes()
+            ),
+            "peer-key.pem does not belong to peer.pem",
+        ),
         (
             lambda lab: (lab / CONFIG_NAME).write_text(
                 (lab / CONFIG_NAME).read_text().replace("192.168.56.0/24", "192.168.57.0/24")
