@@ -258,6 +258,9 @@ Vagrant.configure("2") do |config|
     libvirt.initrd = File.join(__dir__, "initrd.img")
     libvirt.cmd_line = "@CMDLINE@"
     libvirt.disk_bus = "virtio"
+    # Keep the management network on destroy: another lab (or the rig's etcd) may be using it, and
+    # parallel destroys race to remove it.
+    libvirt.management_network_keep = true
   end
 end
 """
