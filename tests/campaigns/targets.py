@@ -293,14 +293,14 @@ def service() -> _Service:
 
 def cleanup() -> None:
     """Stop the loopback server and remove the template lab (end of a campaign run)."""
-    global _SERVICE, _TEMPLATE_LAB
+    global _SERVICE
     with _SERVICE_LOCK:
         if _SERVICE is not None:
             _SERVICE.close()
             _SERVICE = None
-    if _TEMPLATE_LAB is not None:
-        shutil.rmtree(_TEMPLATE_LAB.parent, ignore_errors=True)
-        _TEMPLATE_LAB = None
+    for path in _TEMPLATE_LABS.values():
+        shutil.rmtree(path.parent, ignore_errors=True)
+    _TEMPLATE_LABS.clear()
 
 
 def _refused_url() -> str:
@@ -417,17 +417,18 @@ def run_init_case(args: list[str], exists: bool, body: str) -> str:
 
 # ---------------------------------------------------------------- target: the lab config file (render)
 
-_TEMPLATE_LAB: Path | None = None
+_TEMPLATE_LABS: dict[bool, Path] = {}
 
 
-def template_lab() -> Path:
-    """A valid 3-node lab (static, with metadata), rendered once per process; cases work on copies."""
-    global _TEMPLATE_LAB
-    if _TEMPLATE_LAB is None or not _TEMPLATE_LAB.exists():
+def template_lab(use_tls: bool = False) -> Path:
+    """A valid 2-node lab (static, with metadata; with its CA when ``use_tls``), made once; cases use copies."""
+    path = _TEMPLATE_LABS.get(use_tls)
+    if path is None or not path.exists():
         path = scratch("cl-campaign-template-") / "lab"
-        init_lab(path, LabConfig(instances=2, metadata={"core-01": {"role": "web"}}, cluster_token="campaign"))
-        _TEMPLATE_LAB = path
-    return _TEMPLATE_LAB
+        cfg = LabConfig(instances=2, metadata={"core-01": {"role": "web"}}, cluster_token="campaign", tls=use_tls)
+        init_lab(path, cfg)
+        _TEMPLATE_LABS[use_tls] = path
+    return path
 
 
 toml_values = st.one_of(
@@ -457,9 +458,10 @@ toml_keys = st.one_of(st.sampled_from(sorted(LabConfig.__dataclass_fields__)), s
 
 
 @st.composite
-def garbled_toml(draw: st.DrawFn) -> bytes:
+def garbled_toml(draw: st.DrawFn) -> tuple[bool, bytes]:
     """The template's coreos-lab.toml with a few mutations: values swapped, lines dropped or added, bytes broken."""
-    lines = (template_lab() / CONFIG_NAME).read_text().splitlines()
+    use_tls = draw(st.booleans())
+    lines = (template_lab(use_tls) / CONFIG_NAME).read_text().splitlines()
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["set", "set", "set", "drop", "dup", "junk", "table"]))
         if op == "set":
@@ -479,15 +481,15 @@ def garbled_toml(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 9)) == 0:  # broken encoding or a truncated file
         cut = draw(st.integers(0, len(data)))
         data = data[:cut] + draw(st.sampled_from([b"", b"\xff\xfe", b"\x00", b"\xc3"]))
-    return data
+    return use_tls, data
 
 
-def run_config_case(toml_bytes: bytes) -> str:
+def run_config_case(use_tls: bool, toml_bytes: bytes) -> str:
     """``coreos-lab render --lab COPY`` on a copy of the template lab with a garbled coreos-lab.toml."""
     root = scratch("cl-campaign-config-")
     try:
         lab = root / "lab"
-        shutil.copytree(template_lab(), lab)
+        shutil.copytree(template_lab(use_tls), lab)
         (lab / CONFIG_NAME).write_bytes(toml_bytes)
         before = snapshot(lab)
         with loopback_only():

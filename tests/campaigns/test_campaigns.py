@@ -39,8 +39,8 @@ def test_init_flags(case: tuple[list[str], bool, str]) -> None:
 
 @SETTINGS
 @given(t.garbled_toml())
-def test_lab_config(toml_bytes: bytes) -> None:
-    t.run_config_case(toml_bytes)
+def test_lab_config(case: tuple[bool, bytes]) -> None:
+    t.run_config_case(*case)
 
 
 @SETTINGS
