@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -558,13 +559,29 @@ class EtcdClient:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error
             raise self._fail(path, f"watch error: {text}")
-        result = message.get("result") or {}
+        try:
+            events = self._parse_watch_result(message.get("result") or {}, path)
+        except (AttributeError, TypeError, ValueError) as exc:  # a server answer of the wrong shape
+            raise self._fail(path, f"unexpected watch message: {exc}") from exc
+        yield from events
+
+    def _parse_watch_result(self, result: Any, path: str) -> list[WatchEvent]:
+        if not isinstance(result, dict):
+            raise TypeError(f"result is {type(result).__name__}, not an object")
         if result.get("canceled"):
             raise self._fail(path, f"watch canceled: {result.get('cancel_reason', 'no reason given')}")
-        revision = _int((result.get("header") or {}).get("revision"))
+        header = result.get("header") or {}
+        if not isinstance(header, dict):
+            raise TypeError("header is not an object")
+        revision = _int(header.get("revision"))
+        out = []
         for event in result.get("events") or ():
+            kv = event.get("kv") or {}
+            if not isinstance(kv, dict):
+                raise TypeError("kv is not an object")
             kind: Literal["PUT", "DELETE"] = "DELETE" if event.get("type") == "DELETE" else "PUT"  # PUT=0: omitted
-            yield WatchEvent(type=kind, kv=_kv(event.get("kv") or {}), revision=revision)
+            out.append(WatchEvent(type=kind, kv=_kv(kv), revision=revision))
+        return out
 
     # -- v2 keys (fleet, v2 discovery) -----------------------------------------------------------------
 
@@ -665,6 +682,13 @@ def _error_text(resp: requests.Response) -> str:
 
 def _describe_connection_error(exc: requests.exceptions.RequestException) -> str:
     text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        # the reason ("certificate verify failed", "bad certificate") sits at the end of urllib3's long text
+        match = re.search(r"\[SSL[^\]]*\]\s*([^()'\"]+)", text) or re.search(
+            r"(SSLV3_ALERT_\w+|[a-z ]*certificate[a-z ]*)", text
+        )
+        reason = match.group(0) if match else "handshake failed"
+        return f"TLS error: {_one_line(reason, 100)}"
     for marker, said in (
         ("Connection refused", "connection refused"),
         ("Name or service not known", "unknown host"),

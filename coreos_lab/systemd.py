@@ -176,9 +176,9 @@ def parse_timestamp(value: str) -> datetime | None:
         return None
     try:
         seconds = float(value[1:])
-    except ValueError:
+        return datetime.fromtimestamp(seconds, tz=UTC) if seconds > 0 else None
+    except (ValueError, OverflowError, OSError):  # garbage, inf/nan, or beyond datetime's range
         return None
-    return datetime.fromtimestamp(seconds, tz=UTC) if seconds > 0 else None
 
 
 def _int(value: str) -> int:

@@ -61,15 +61,7 @@ PER_OP = max(25, EXAMPLES // 4)
 PER_OP_SETTINGS = t.campaign_settings(PER_OP, derandomize=DERANDOMIZE)
 
 
-WATCH_BUG = (
-    "EtcdClient.watch: a stream message whose 'result', event or 'kv' is not an object, or whose revision or "
-    "key is not a number/base64, escapes as AttributeError/ValueError (etcd.py _watch_events, _kv); "
-    "remove this mark when etcd.py turns them into EtcdError"
-)
-ETCD_OP_PARAMS = [
-    pytest.param(op, marks=pytest.mark.xfail(strict=True, reason=WATCH_BUG)) if op == "watch" else op
-    for op in sorted(t.ETCD_OPS)
-]
+ETCD_OP_PARAMS = sorted(t.ETCD_OPS)
 
 
 @pytest.mark.parametrize("op", ETCD_OP_PARAMS)
@@ -87,12 +79,6 @@ def test_fleet_answers(op: str, data: st.DataObject) -> None:
     t.run_fleet_case(op, data.draw(t.fleet_case(op)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=t.CampaignDefect,
-    reason="systemd.parse_timestamp: datetime.fromtimestamp overflows on ActiveEnterTimestamp=@1e20 / @inf "
-    "(OverflowError/ValueError escape parse_show); remove this mark when systemd.py catches them",
-)
 @SETTINGS
 @given(t.show_outputs())
 @example(("Id=a.service\nActiveEnterTimestamp=@1e20\n", ["a.service"]))
@@ -112,10 +98,9 @@ CAMPAIGNS: dict[str, list[Callable[[], None]]] = {
 }
 
 
-# ---------------------------------------------------------------- defects the campaigns found, pinned
+# ---------------------------------------------------------------- defects the campaigns found (fixed), pinned
 
 
-@pytest.mark.xfail(strict=True, raises=t.CampaignDefect, reason=WATCH_BUG)
 @pytest.mark.parametrize(
     "body",
     [
@@ -131,7 +116,6 @@ def test_found_watch_garbage_is_an_etcd_error(body: bytes) -> None:
     t.run_etcd_case("watch", [(200, body)])
 
 
-@pytest.mark.xfail(strict=True, raises=t.CampaignDefect, reason="systemd.parse_timestamp overflow (see above)")
 @pytest.mark.parametrize("stamp", ["@1e20", "@inf", "@99999999999999"])
 def test_found_huge_timestamps_are_never(stamp: str) -> None:
     t.run_show_case(f"Id=a.service\nActiveEnterTimestamp={stamp}\n", ["a.service"])
