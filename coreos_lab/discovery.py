@@ -19,11 +19,11 @@ from typing import Final
 
 import requests
 
-from coreos_lab.config import URL_RE, LabConfig
+from coreos_lab.config import DISCOVERY_SERVICE, DISCOVERY_SERVICE_ENV, URL_RE, LabConfig
 from coreos_lab.errors import ConfigError, DiscoveryError
 
-DEFAULT_SERVICE: Final = "https://discovery.etcd.io"
-SERVICE_ENV: Final = "COREOS_LAB_DISCOVERY_SERVICE"
+DEFAULT_SERVICE: Final = DISCOVERY_SERVICE
+SERVICE_ENV: Final = DISCOVERY_SERVICE_ENV
 TIMEOUT_ENV: Final = "COREOS_LAB_DISCOVERY_TIMEOUT"
 OFFLINE_HINT: Final = "use --bootstrap static to bootstrap without network"
 TOKEN_URL_RE: Final = re.compile(r"^https?://\S+/[0-9a-f]{32}$")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import secrets
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from coreos_lab import config as config_mod
-from coreos_lab import discovery
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import UsageError
-from coreos_lab.render import WriteResult, init_lab, render_existing
 from coreos_lab.secrets import mask_token
+
+if TYPE_CHECKING:  # render (jinja2, cryptography) and discovery (requests) load only when a command runs
+    from coreos_lab.render import WriteResult
 
 
 def parse_metadata(items: list[str]) -> dict[str, dict[str, str]]:
@@ -105,8 +106,8 @@ def init(
     discovery_service: str | None = typer.Option(
         None,
         "--discovery-service",
-        envvar=discovery.SERVICE_ENV,
-        help=f"Discovery service for new tokens (default {discovery.DEFAULT_SERVICE}).",
+        envvar=config_mod.DISCOVERY_SERVICE_ENV,
+        help=f"Discovery service for new tokens (default {config_mod.DISCOVERY_SERVICE}).",
     ),
     discovery_endpoint: str | None = typer.Option(
         None, "--discovery-endpoint", help="etcd with the v2 API holding self-hosted discovery tokens."
@@ -141,6 +142,9 @@ def init(
         metadata=parse_metadata(metadata),
         tls=use_tls,
     )
+    from coreos_lab import discovery
+    from coreos_lab.render import init_lab
+
     result = init_lab(
         directory,
         draft,
@@ -156,6 +160,8 @@ def init(
 
 def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Re-render Vagrantfile, config.rb and user-data/ from coreos-lab.toml (never fetches a new token)."""
+    from coreos_lab.render import render_existing
+
     result = render_existing(lab_dir(lab))
     _report(result, as_json=as_json, verb="Rendered lab")
 
