@@ -54,6 +54,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+    # Without a terminal (pipes, scripts, CI) or with NO_COLOR, help is plain click text: no boxes, no escapes.
+    import typer.core
+
+    typer.core.HAS_RICH = False
+
 app = typer.Typer(
     cls=LabGroup,
     name="coreos-lab",
