@@ -186,10 +186,11 @@ class Progress:
 
     def __enter__(self) -> Progress:
         self.phases = dict.fromkeys(self.nodes, "waiting")
-        if sys.stdout.isatty() and not self.verbose:
+        if sys.stderr.isatty() and not self.verbose:
+            from rich.console import Console
             from rich.live import Live
 
-            live = Live(self._table(), refresh_per_second=4, transient=False)  # type: ignore[arg-type]
+            live = Live(self._table(), refresh_per_second=4, transient=False, console=Console(stderr=True))  # type: ignore[arg-type]
             live.start()
             self._live = live
         return self
@@ -217,13 +218,14 @@ class Progress:
         if self._live is not None:
             self._live.update(self._table())  # type: ignore[attr-defined]
         elif not self.verbose:
-            typer.echo(f"{node}: {phase} ({time.monotonic() - self.started:.0f}s)")
+            # progress is diagnostics: stderr, so stdout stays the summary (or clean --json)
+            typer.echo(f"{node}: {phase} ({time.monotonic() - self.started:.0f}s)", err=True)
 
     def line(self, line: str) -> None:
         from coreos_lab import vagrant
 
         if self.verbose:
-            typer.echo(line)
+            typer.echo(line, err=True)
         parsed = vagrant.parse_progress(line, self.nodes)
         if parsed is not None:
             phase = phase_of(parsed[1])

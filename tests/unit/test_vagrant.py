@@ -248,3 +248,32 @@ def test_explain_failure_takes_the_message_out_of_a_ruby_crash() -> None:
     assert str(err) == (
         "vagrant destroy failed (exit 1): Call to virDomainCreateWithFlags failed: Permission denied (Libvirt::Error)"
     )
+
+
+def test_cli_up_no_wait_shows_progress_on_stderr(fake: Path, lab: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coreos_lab import config as labconfig
+    from coreos_lab.cli import app
+
+    labconfig.save(lab, labconfig.LabConfig(instances=2, provider="virtualbox"))
+    result = CliRunner().invoke(app, ["up", "--lab", str(lab), "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert calls(fake) == ["up --provider=virtualbox --no-parallel"]
+    assert "virtualbox boots nodes one at a time" in result.stderr
+    assert "core-01: creating VM" in result.stderr
+    assert "core-01: waiting for SSH" in result.stderr
+    assert result.stdout.startswith("vagrant up finished")
+
+
+def test_cli_up_unknown_node_is_a_usage_error(fake: Path, lab: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coreos_lab import config as labconfig
+    from coreos_lab.cli import app
+
+    labconfig.save(lab, labconfig.LabConfig(instances=2, provider="libvirt"))
+    result = CliRunner().invoke(app, ["up", "core-09", "--lab", str(lab)])
+    assert result.exit_code == 2
+    assert "no node named 'core-09'" in result.stderr
+    assert calls(fake) == []
