@@ -312,3 +312,32 @@ def test_main_exit_codes(root: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert agent.main(["--from-file", str(bad), "--root", str(root)]) == 1
     assert "does not start with" in capsys.readouterr().err
     assert agent.main(["--from-file", str(root / "missing"), "--root", str(root)]) == 1
+
+
+def test_users_and_core_ssh_keys(root: Path) -> None:
+    rec = Recorder()
+    report = apply(
+        root,
+        """\
+        #cloud-config
+        ssh_authorized_keys:
+          - ssh-ed25519 AAAAkey1 me@laptop
+        users:
+          - name: alice
+            groups: [sudo, docker]
+            shell: /bin/bash
+          - name: core
+            passwd: $6$hash
+          - gecos: nameless
+        """,
+        rec,
+    )
+    keys = (root / "home/core/.ssh/authorized_keys").read_text().splitlines()
+    assert keys == ["ssh-ed25519 AAAAkey1 me@laptop"]
+    assert (root / "home/core/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
+    assert ["useradd", "--create-home", "--groups", "sudo,docker", "--shell", "/bin/bash", "alice"] in rec.calls
+    assert ["usermod", "--password", "$6$hash", "core"] in rec.calls  # existing user: only the password
+    assert any("without a name" in w for w in report.warnings)
+    apply(root, "#cloud-config\nssh_authorized_keys: ['ssh-ed25519 AAAAkey1 me@laptop', 'ssh-rsa AAAAkey2']\n", rec)
+    keys = (root / "home/core/.ssh/authorized_keys").read_text().splitlines()
+    assert keys == ["ssh-ed25519 AAAAkey1 me@laptop", "ssh-rsa AAAAkey2"]  # merged, no duplicates
