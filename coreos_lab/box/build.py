@@ -156,7 +156,18 @@ def build(*, force: bool = False, on_step: StepFn | None = None) -> BuiltBox:
         sha_file.write_text(f"{digest}  {out.name}\n", encoding="utf-8")
     finally:
         _rmtree(work)
+    prune_cache(keep_box=key, keep_rootfs=recipe.rootfs_key())
     return BuiltBox(out, digest, key, recipe.BOX_VERSION, out.stat().st_size, False, time.monotonic() - start)
+
+
+def prune_cache(*, keep_box: str, keep_rootfs: str) -> list[Path]:
+    """Remove boxes and rootfs trees of older recipes (each is ~0.8-1 GB); return what was removed."""
+    cache = recipe.cache_dir()
+    stale = [d for d in (cache / "boxes").glob("*") if d.is_dir() and d.name != keep_box]
+    stale += [d for d in cache.glob("rootfs-*") if d.is_dir() and d.name != f"rootfs-{keep_rootfs}"]
+    for path in stale:
+        _rmtree(path)
+    return stale
 
 
 def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path:

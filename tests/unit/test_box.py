@@ -102,3 +102,14 @@ def test_shipped_units_follow_the_pitfalls() -> None:
     assert "Alias" not in (units / "etcd-member.service").read_text()
     assert (units / "etcd2.service").exists()
     assert not [u for u in build.ENABLE_UNITS if u.startswith("etcd")]  # started by cloud-config only
+
+
+def test_prune_cache_keeps_only_the_current_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "coreos-lab"
+    for rel in ("boxes/old", "boxes/new", "rootfs-old", "rootfs-new", "nspawn-rootfs/other"):
+        (cache / rel).mkdir(parents=True)
+    removed = build.prune_cache(keep_box="new", keep_rootfs="new")
+    assert sorted(p.name for p in removed) == ["old", "rootfs-old"]
+    assert sorted(p.name for p in cache.iterdir()) == ["boxes", "nspawn-rootfs", "rootfs-new"]
+    assert [p.name for p in (cache / "boxes").iterdir()] == ["new"]
