@@ -1,7 +1,8 @@
 """End to end on real VMs, in the rig: box build -> init -> up -> checks over SSH -> destroy, twice.
 
 1. a 3-node lab bootstrapped statically: every node's etcd-member active, 3 started members, endpoint
-   health OK everywhere, hostnames and private IPs as rendered;
+   health OK everywhere, hostnames and private IPs as rendered; then the seed's fleetctl flow with
+   coreos-lab: deploy a hello-world unit, list-units, journal, status, re-deploy (unchanged), undeploy;
 2. a lab bootstrapped through self-hosted discovery on the rig's own etcd (namespace side), with the same
    checks plus the discovery directory holding every member.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,6 +110,44 @@ def destroy_and_check(rig: Rig, lab: Path) -> None:
     assert set(states) == {"not_created"}, status
 
 
+HELLO_UNIT = """[Unit]
+Description=MyApp
+
+[Service]
+TimeoutStartSec=0
+ExecStart=/bin/sh -c "while true; do echo Hello World; sleep 1; done"
+"""
+
+
+def deploy_flow(rig: Rig, lab: Path) -> None:
+    """The seed's fleetctl flow on the VMs: deploy -> list-units -> journal -> status -> undeploy."""
+    cfg = labconfig.load(lab)
+    ips = {n.name: n.ip for n in cfg.nodes}
+    unit = lab / "myapp.service"
+    unit.write_text(HELLO_UNIT)
+    out = coreos_lab(rig, "deploy", str(unit), cwd=lab, timeout=900).stdout
+    match = re.search(r"Unit myapp\.service launched on (\S+) \((\S+)\)", out)
+    assert match, out
+    node, ip = match.groups()
+    assert ips[node] == ip, out
+    rows = json.loads(coreos_lab(rig, "list-units", "--json", cwd=lab, timeout=600).stdout)
+    assert [(r["unit"], r["node"], r["active"], r["sub"]) for r in rows] == [
+        ("myapp.service", node, "active", "running")
+    ], rows
+    # the truth from the nodes themselves (Vagrant's ssh-config, plain ssh): active on exactly one
+    cfg_file = ssh_config(rig, lab)
+    states = {n: on_node(rig, cfg_file, n, "systemctl is-active myapp.service", check=False).strip() for n in ips}
+    assert [n for n, s in states.items() if s == "active"] == [node], states
+    until(lambda: "Hello World" in coreos_lab(rig, "journal", "myapp.service", "-n", "20", cwd=lab).stdout, 120)
+    status = rig.run([*CLI, "status", "--json"], cwd=lab, timeout=600, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    again = coreos_lab(rig, "deploy", str(unit), cwd=lab, timeout=900).stdout
+    assert "unchanged" in again, again
+    coreos_lab(rig, "undeploy", "myapp.service", cwd=lab, timeout=900)
+    assert json.loads(coreos_lab(rig, "list-units", "--json", cwd=lab, timeout=600).stdout) == []
+    assert on_node(rig, cfg_file, node, "systemctl is-active myapp.service", check=False).strip() != "active"
+
+
 def test_box_build_is_cached_and_added(rig: Rig, lab_root: Path) -> None:
     work = lab_root
     out = coreos_lab(rig, "box", "build", "--add", "--json", cwd=work, timeout=3600).stdout
@@ -144,6 +184,7 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
         print(f"static lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
         assert "ready after" in up.stdout
         check_cluster(rig, lab)
+        deploy_flow(rig, lab)
         # `vagrant provision` replaces the user-data: the box must apply the new file (path unit).
         user_data = lab / "user-data" / "core-01.yaml"
         user_data.write_text(
