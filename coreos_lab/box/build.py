@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from coreos_lab.box import recipe
+from coreos_lab.box import recipe, registry
 from coreos_lab.errors import BoxError
 
 StepFn = Callable[[str], None]
@@ -214,6 +214,7 @@ def customise(tree: Path) -> None:
         _chroot(tree, ["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "core"])
         _chroot(tree, ["passwd", "--lock", "root"])
         _chroot(tree, ["update-initramfs", "-u", "-k", "all"])
+        add_docker_image(tree)
     ssh_dir = tree / "home/core/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(vagrant_public_key() + "\n", encoding="utf-8")
@@ -350,3 +351,25 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+REGISTRY_ROOT: Final = "var/lib/docker-registry"  # rootdirectory in files/etc/docker/registry/config.yml
+
+
+def add_docker_image(tree: Path) -> None:
+    """Preload the node's registry mirror with busybox (from busybox-static) and let core use docker.
+
+    Without it ``docker pull busybox`` fails on a node without internet; with internet the daemon still
+    falls back from the mirror to Docker Hub for anything the mirror lacks.
+    """
+    busybox = tree / "bin/busybox"
+    if not busybox.exists():
+        return  # a recipe without docker (EXTRA_PACKAGES emptied): nothing to preload
+    image = registry.make_image(busybox)
+    store = tree / REGISTRY_ROOT
+    if store.is_dir():
+        _rmtree(store / "docker")
+    registry.write_storage(store, image)
+    _chroot(tree, ["chown", "-R", "docker-registry:docker-registry", "/" + REGISTRY_ROOT])
+    _chroot(tree, ["usermod", "--append", "--groups", "docker", "core"])
+    _run(["systemctl", f"--root={tree}", "enable", "docker-registry.service", "docker.service"])

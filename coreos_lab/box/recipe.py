@@ -40,9 +40,11 @@ PACKAGES: Final = (
     "initramfs-tools",
     "zstd",
 )
-# Issue 7 adds Docker: append "docker.io" (and its runtime deps) here; the agent already tolerates a
-# missing docker.service by warning instead of failing the run.
-EXTRA_PACKAGES: Final[tuple[str, ...]] = ()
+# Issue 7: Docker for the seed's myapp.service, plus an offline `docker pull busybox`: Debian's registry runs
+# on the node as the daemon's mirror, preloaded (registry.py) with an image made from busybox-static.
+# apparmor (a docker.io Recommends that debootstrap skips): Debian's kernel enables AppArmor, and dockerd then
+# refuses to start containers without apparmor_parser to load its docker-default profile.
+EXTRA_PACKAGES: Final[tuple[str, ...]] = ("docker.io", "apparmor", "docker-registry", "busybox-static")
 INITRAMFS_MODULES: Final = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4")
 DISK_GB: Final = 10
 KERNEL_CMDLINE: Final = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
@@ -75,7 +77,7 @@ def box_key() -> str:
     """Cache key of the finished box: the rootfs key plus every shipped file, the agent and the build steps."""
     parts = [rootfs_key().encode(), BOX_VERSION.encode(), KERNEL_CMDLINE.encode(), " ".join(INITRAMFS_MODULES).encode()]
     here = Path(__file__).parent
-    for name in ("agent.py", "build.py"):
+    for name in ("agent.py", "build.py", "registry.py"):
         parts.append((here / name).read_bytes() if (here / name).exists() else b"")
     root = files_dir()
     if root.is_dir():
