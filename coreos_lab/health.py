@@ -179,9 +179,17 @@ def cluster_status(
     from coreos_lab.etcd import ClusterHealth, cluster_health
 
     started = time.monotonic()
-    vstates = vagrant_states(lab_dir)
     facts = probe_nodes(cluster, specs)
     reachable = [n for n, f in facts.items() if f.reachable]
+    # A node that answered over SSH is running: ask Vagrant (1.5-2 s of Ruby start-up) only about the others.
+    vstates: dict[str, str] | None
+    if len(reachable) == len(facts):
+        is_vagrant_lab = lab_dir is not None and (Path(lab_dir) / "Vagrantfile").is_file()
+        vstates = dict.fromkeys(facts, "running") if is_vagrant_lab else None
+    else:
+        vstates = vagrant_states(lab_dir)
+        if vstates is not None:
+            vstates.update(dict.fromkeys(reachable, "running"))
     clients: dict[str, EtcdClient] = {}
     for name in reachable:
         try:

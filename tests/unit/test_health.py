@@ -134,3 +134,26 @@ def test_cluster_status_on_fake_nodes_without_etcd() -> None:
     assert not by["core-01"].etcd_ok  # a FakeRunner cannot forward ports: no etcd reachable
     assert report.exit_code == 1 | 2
     assert report.units_error is not None
+
+
+def test_vagrant_is_asked_only_about_nodes_ssh_cannot_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "Vagrantfile").write_text("# a lab\n")
+    asked: list[Path | None] = []
+
+    def fake_states(lab_dir: Path | None) -> dict[str, str]:
+        asked.append(lab_dir)
+        return {"core-01": "running", "core-02": "poweroff"}
+
+    monkeypatch.setattr(health, "vagrant_states", fake_states)
+    answer = "m\n@@coreos-lab@@\n\n@@coreos-lab@@\ncore-01\n@@coreos-lab@@\n10.1.1.1\n"
+    up = FakeRunner("core-01", {"@@coreos-lab@@": answer})
+    with Cluster({"core-01": up}) as cluster:
+        report = health.cluster_status(cluster, lab_dir=tmp_path)
+    assert asked == []  # every node answered over SSH: no Vagrant call (Ruby start-up costs 1.5-2 s)
+    assert [n.vagrant_state for n in report.nodes] == ["running"]
+    down = FakeRunner("core-02", {"@@coreos-lab@@": (255, "", "connection refused")})
+    up2 = FakeRunner("core-01", {"@@coreos-lab@@": answer})
+    with Cluster({"core-01": up2, "core-02": down}) as cluster:
+        report = health.cluster_status(cluster, lab_dir=tmp_path)
+    assert asked == [tmp_path]
+    assert {n.name: n.vagrant_state for n in report.nodes} == {"core-01": "running", "core-02": "poweroff"}
