@@ -33,10 +33,13 @@ from coreos_lab.sshconfig import SSHTarget, format_ssh_config, parse_ssh_config
 if TYPE_CHECKING:
     import requests
 
+    from coreos_lab.etcd import EtcdClient
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 NodeOutcome = Union[CommandResult, CoreosLabError]  # noqa: UP007 - a runtime alias, readable in docs
+ETCD_TLS_ENV: Final = "COREOS_LAB_ETCD_TLS_DIR"
 STATE_DIR: Final = ".coreos-lab"
 SSH_CONFIG_CACHE: Final = "ssh-config.json"
 MAX_WORKERS: Final = 64
@@ -64,6 +67,8 @@ class Cluster:
         self._sessions: dict[tuple[str, str, int], tuple[requests.Session, str]] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # The lab directory whose tls/ holds etcd's client certificate and CA; None: plain http.
+        self.etcd_tls_dir: Path | None = None
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -237,6 +242,51 @@ class Cluster:
             self._sessions[key] = made
             return made
 
+    # -- etcd ----------------------------------------------------------------------------------------
+    def etcd_client(self, name: str, port: int = 2379, *, timeout: float = 5.0) -> EtcdClient:
+        """An etcd client for node ``name``'s ``127.0.0.1:port``, speaking https when the lab has TLS.
+
+        The one place that decides http or https: with ``etcd_tls_dir`` set, an in-process forward
+        gets ``https://127.0.0.1:<port>`` with the lab's client certificate and CA, and the mux's
+        unix socket gets a TLS-wrapping adapter (the server certificate names ``127.0.0.1``).
+        """
+        from coreos_lab.etcd import EtcdClient
+
+        if self.etcd_tls_dir is None:
+            session, base = self.http_base(name, port)
+            return EtcdClient(base, session=session, timeout=timeout)
+        from coreos_lab import tls
+
+        material = tls.client_material(self.etcd_tls_dir)
+        if material is None:
+            raise ConfigError(
+                f"the lab uses TLS but {self.etcd_tls_dir / tls.TLS_DIR} has no client certificate",
+                hint="run 'coreos-lab render' in the lab to issue it",
+            )
+        cert, key, ca = material
+        runner = self.runner(name)
+        from coreos_lab.mux import MuxRunner
+
+        if isinstance(runner, MuxRunner):
+            cache_key = (name, "tls:127.0.0.1", port)
+            with self._lock:
+                cached = self._sessions.get(cache_key)
+                if cached is None:
+                    from coreos_lab.unixhttp import TLSFiles, unix_session
+
+                    path = runner.forward_unix("127.0.0.1", port)
+                    try:
+                        made = unix_session(path, tls=TLSFiles(cert, key, ca))
+                    except OSError as exc:  # ssl.SSLError included: a PEM file that does not load
+                        raise ConfigError(f"cannot load the etcd client certificate in {cert.parent}: {exc}") from None
+                    cached = self._sessions[cache_key] = made
+            session, base = cached
+            return EtcdClient(base, session=session, timeout=timeout)
+        session, base = self.http_base(name, port)
+        if base.startswith("http://"):
+            base = "https://" + base.removeprefix("http://")
+        return EtcdClient(base, session=session, timeout=timeout, cert=(str(cert), str(key)), verify=str(ca))
+
     # -- output --------------------------------------------------------------------------------------
     def ssh_config(self) -> str:
         """An OpenSSH client config for every node (``ssh -F``, testinfra, Ansible, fleetctl --tunnel)."""
@@ -321,11 +371,33 @@ def open_cluster(
     accept_new: bool = False,
     persist: bool = True,
 ) -> Cluster:
-    """What every node-targeting CLI command does: an inventory when given, else the lab's Vagrant nodes."""
+    """What every node-targeting CLI command does: an inventory when given, else the lab's Vagrant nodes.
+
+    etcd speaks https (see :meth:`Cluster.etcd_client`) when the lab's coreos-lab.toml says ``tls = true``;
+    an inventory names no lab, so it uses plain http unless ``$COREOS_LAB_ETCD_TLS_DIR`` names a lab
+    directory whose ``tls/`` holds the client certificate and CA.
+    """
     if inventory is not None:
-        return Cluster.from_inventory(inventory, accept_new, persist=persist)
+        cluster = Cluster.from_inventory(inventory, accept_new, persist=persist)
+        # An inventory says nothing about TLS: the environment may name a lab whose tls/ to use.
+        env_dir = os.environ.get(ETCD_TLS_ENV)
+        cluster.etcd_tls_dir = Path(env_dir) if env_dir else None
+        return cluster
     if lab is None:
         from coreos_lab.config import find_lab_dir
 
         lab = find_lab_dir()
-    return Cluster.from_lab(lab, persist, accept_new=accept_new)
+    cluster = Cluster.from_lab(lab, persist, accept_new=accept_new)
+    cluster.etcd_tls_dir = lab_etcd_tls_dir(lab)
+    return cluster
+
+
+def lab_etcd_tls_dir(lab_dir: Path) -> Path | None:
+    """``lab_dir`` when its coreos-lab.toml says ``tls = true`` (etcd speaks https), else None."""
+    from coreos_lab import config as labconfig
+
+    try:
+        cfg = labconfig.load(lab_dir)
+    except ConfigError:
+        return None  # a lab without a readable config has nothing to say about TLS: plain http
+    return Path(lab_dir) if cfg.tls else None

@@ -156,16 +156,13 @@ def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -
 # ---- etcd as the desired-state store ---------------------------------------------------------------------------------
 def etcd_client(cluster: Cluster, facts: Mapping[str, NodeFacts] | None = None, *, timeout: float = 5.0) -> EtcdClient:
     """An etcd client through the first reachable node whose member answers and sees a leader."""
-    from coreos_lab.etcd import EtcdClient
-
     errors: list[str] = []
     for name in cluster.names:
         if facts is not None and name in facts and not facts[name].reachable:
             errors.append(f"{name}: unreachable")
             continue
         try:
-            session, base = cluster.http_base(name, ETCD_PORT)
-            client = EtcdClient(base, session=session, timeout=timeout)
+            client = cluster.etcd_client(name, ETCD_PORT, timeout=timeout)
             if client.status().leader == 0:
                 errors.append(f"{name}: etcd member sees no leader")
                 continue

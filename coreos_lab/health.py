@@ -9,6 +9,7 @@ forward on that same connection, then systemd for the deployed units). Nothing h
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Mapping, Sequence
@@ -69,9 +70,11 @@ class EtcdStatus:
     expected_members: int
     leader: str | None
     error: str | None = None
+    tls: bool = False  # reached over https with the lab's client certificate
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tls": self.tls,
             "healthy": self.healthy,
             "has_quorum": self.has_quorum,
             "member_count": self.member_count,
@@ -149,10 +152,7 @@ def vagrant_states(lab_dir: Path | None) -> dict[str, str] | None:
 
 
 def _etcd_probe(cluster: Cluster, name: str, timeout: float) -> EtcdClient:
-    from coreos_lab.etcd import EtcdClient
-
-    session, base = cluster.http_base(name, ETCD_PORT)
-    return EtcdClient(base, session=session, timeout=timeout)
+    return cluster.etcd_client(name, ETCD_PORT, timeout=timeout)
 
 
 def etcd_summary(health: ClusterHealth, expected: int, unreachable: Sequence[str] = ()) -> EtcdStatus:
@@ -200,6 +200,7 @@ def cluster_status(
     by_member = {m.name: m for m in health.members}
     expected = len(specs) if specs else len(facts)
     etcd = etcd_summary(health, expected, [n for n in facts if n not in clients])
+    etcd = dataclasses.replace(etcd, tls=cluster.etcd_tls_dir is not None)
 
     records: list[UnitRecord] = []
     units_error: str | None = None

@@ -56,10 +56,7 @@ class LabNode:
         return SystemdClient(self.runner)
 
     def etcd(self, port: int = 2379) -> EtcdClient:
-        from coreos_lab.etcd import EtcdClient
-
-        session, base = self.cluster.http_base(self.name, port)
-        return EtcdClient(base, session=session)
+        return self.cluster.etcd_client(self.name, port)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,11 +93,12 @@ def _open(config: pytest.Config) -> Cluster:
     if source is None:
         pytest.skip("no cluster given: pass --coreos-lab DIR or --coreos-lab-inventory FILE")
     kind, path = source
-    from coreos_lab.cluster import Cluster
+    from coreos_lab.cluster import open_cluster
 
+    # open_cluster also decides whether etcd speaks https (a TLS lab, or $COREOS_LAB_ETCD_TLS_DIR).
     if kind == "inventory":
-        return Cluster.from_inventory(path, persist=False)
-    return Cluster.from_lab(path, persist=False)
+        return open_cluster(inventory=Path(path), persist=False)
+    return open_cluster(lab=Path(path), persist=False)
 
 
 def _node_names(config: pytest.Config) -> list[str]:
@@ -147,11 +145,8 @@ def node(cluster: Cluster, coreos_lab_node_name: str) -> LabNode:
 
 @pytest.fixture
 def etcd(cluster: Cluster) -> Iterator[EtcdClient]:
-    from coreos_lab.etcd import EtcdClient
-
     first = cluster.names[0]
-    session, base = cluster.http_base(first, 2379)
-    client = EtcdClient(base, session=session)
+    client = cluster.etcd_client(first, 2379)
     try:
         yield client
     finally:

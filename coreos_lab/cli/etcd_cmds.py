@@ -1,7 +1,8 @@
 """CLI commands: ``etcd health|members|get|put|del|watch``, ``units [PATTERN]``, ``logs NODE UNIT``.
 
 etcd is reached over each node's SSH connection (a forward to 127.0.0.1:2379 on the node, see
-``Cluster.http_base``); units and logs run systemctl/journalctl on the nodes through their runners.
+``Cluster.etcd_client``: https with the lab's client certificate for a TLS lab); units and logs run
+systemctl/journalctl on the nodes through their runners.
 """
 
 from __future__ import annotations
@@ -46,10 +47,7 @@ def _cluster(lab: Path | None, inventory: Path | None, accept_new: bool, no_pers
 
 
 def _client(cluster: Any, node: str, port: int, timeout: float) -> Any:
-    from coreos_lab.etcd import EtcdClient
-
-    session, base = cluster.http_base(node, port)
-    return EtcdClient(base, session=session, timeout=timeout)
+    return cluster.etcd_client(node, port, timeout=timeout)
 
 
 def _first_answering(cluster: Any, nodes: list[str] | None, port: int, timeout: float) -> Any:

@@ -90,7 +90,7 @@ def status(
         state = "healthy" if e.healthy else "unhealthy"
         typer.echo(
             f"etcd: {state}, {quorum}, {e.healthy_members}/{e.member_count} members healthy "
-            f"(expected {e.expected_members})"
+            f"(expected {e.expected_members}), TLS {'on' if e.tls else 'off'}"
         )
         if report.units:
             typer.echo("")

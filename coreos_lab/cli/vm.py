@@ -12,15 +12,24 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import typer
 
 from coreos_lab import config as labconfig
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
 from coreos_lab.errors import CoreosLabError, VagrantError
+from coreos_lab.tls import NODE_ETCDCTL_FLAGS
+
+if TYPE_CHECKING:
+    from coreos_lab.cluster import Cluster
 
 ETCDCTL: Final = "etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s --dial-timeout=3s"
+# A TLS lab: https plus the client certificate; its key on the node is etcd:etcd 0600, hence sudo
+# (-n: never wait for a password prompt, a node that wants one fails the probe instead of hanging).
+ETCDCTL_TLS: Final = (
+    f"sudo -n etcdctl --endpoints=https://127.0.0.1:2379 {NODE_ETCDCTL_FLAGS} --command-timeout=5s --dial-timeout=3s"
+)
 # Vagrant's messages -> the phase shown per node. First match wins; order follows a boot.
 PHASES: Final = (
     ("Uploading base box image", "uploading box"),
@@ -76,14 +85,18 @@ class NodeHealth:
         return sum(1 for _, status in self.members if status == "started")
 
 
-def probe_command(unit: str) -> str:
-    """The shell line run on each node: hostname, addresses, unit state, etcd health and members."""
+def probe_command(unit: str, *, tls: bool = False) -> str:
+    """The shell line run on each node: hostname, addresses, unit state, etcd health and members.
+
+    With ``tls`` etcdctl speaks https with the node's copy of the lab's client certificate.
+    """
+    etcdctl = ETCDCTL_TLS if tls else ETCDCTL
     return (
         "printf 'hostname=%s\\n' \"$(hostname)\"; "
         "printf 'ips=%s\\n' \"$(hostname -I 2>/dev/null)\"; "
         f"printf 'active=%s\\n' \"$(systemctl is-active {unit} 2>/dev/null)\"; "
-        f"if {ETCDCTL} endpoint health >/dev/null 2>&1; then echo health=ok; else echo health=bad; fi; "
-        f"{ETCDCTL} member list 2>/dev/null | sed 's/^/member=/'; true"
+        f"if {etcdctl} endpoint health >/dev/null 2>&1; then echo health=ok; else echo health=bad; fi; "
+        f"{etcdctl} member list 2>/dev/null | sed 's/^/member=/'; true"
     )
 
 
@@ -129,14 +142,19 @@ def cluster_ready(health: Mapping[str, NodeHealth], expected_members: int, *, et
     )
 
 
-def _probe_all(lab: Path, nodes: Sequence[str], unit: str) -> dict[str, NodeHealth]:
+def _probe_all(lab: Path, nodes: Sequence[str], unit: str, *, tls: bool = False) -> dict[str, NodeHealth]:
     from coreos_lab import cluster as cluster_mod
     from coreos_lab import vagrant
 
     text = vagrant.ssh_config_text(lab, list(nodes))
-    result: dict[str, NodeHealth] = {}
     with cluster_mod.Cluster.from_ssh_config(text, accept_new=True, persist=False) as cluster:
-        outcomes = cluster.run_all(probe_command(unit), list(nodes), timeout=40)
+        return probe_cluster(cluster, nodes, unit, tls=tls)
+
+
+def probe_cluster(cluster: Cluster, nodes: Sequence[str], unit: str, *, tls: bool = False) -> dict[str, NodeHealth]:
+    """Run :func:`probe_command` on ``nodes`` of ``cluster`` in parallel; every node gets a NodeHealth."""
+    result: dict[str, NodeHealth] = {}
+    outcomes = cluster.run_all(probe_command(unit, tls=tls), list(nodes), timeout=40)
     for name, outcome in outcomes.items():
         if isinstance(outcome, CoreosLabError):
             result[name] = NodeHealth(name=name, reachable=False, error=str(outcome))
@@ -155,13 +173,14 @@ def wait_ready(
     timeout: float,
     on_round: Callable[[dict[str, NodeHealth]], None] | None = None,
     interval: float = 5.0,
+    tls: bool = False,
 ) -> tuple[bool, dict[str, NodeHealth]]:
-    """Probe until ready or ``timeout`` seconds passed; return (ready, last health)."""
+    """Probe until ready or ``timeout`` seconds passed; return (ready, last health). ``tls``: etcd speaks https."""
     deadline = time.monotonic() + timeout
     last: dict[str, NodeHealth] = {}
     while True:
         try:
-            last = _probe_all(lab, nodes, unit)
+            last = _probe_all(lab, nodes, unit, tls=tls)
         except CoreosLabError as exc:
             last = {n: NodeHealth(name=n, reachable=False, error=str(exc)) for n in nodes}
         if on_round:
@@ -308,6 +327,7 @@ def up(
         expected_members=cfg.instances,
         etcd=whole,
         timeout=wait_timeout,
+        tls=cfg.tls,
     )
     total = time.monotonic() - start
     rows = []
