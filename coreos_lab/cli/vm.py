@@ -19,17 +19,22 @@ import typer
 from coreos_lab import config as labconfig
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
 from coreos_lab.errors import CoreosLabError, VagrantError
-from coreos_lab.tls import NODE_ETCDCTL_FLAGS
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
 
 ETCDCTL: Final = "etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s --dial-timeout=3s"
+
+
 # A TLS lab: https plus the client certificate; its key on the node is etcd:etcd 0600, hence sudo
 # (-n: never wait for a password prompt, a node that wants one fails the probe instead of hanging).
-ETCDCTL_TLS: Final = (
-    f"sudo -n etcdctl --endpoints=https://127.0.0.1:2379 {NODE_ETCDCTL_FLAGS} --command-timeout=5s --dial-timeout=3s"
-)
+def etcdctl_tls() -> str:
+    from coreos_lab.tls import NODE_ETCDCTL_FLAGS  # cryptography loads only for TLS labs, not at CLI start-up
+
+    endpoint = "--endpoints=https://127.0.0.1:2379"
+    return f"sudo -n etcdctl {endpoint} {NODE_ETCDCTL_FLAGS} --command-timeout=5s --dial-timeout=3s"
+
+
 # Vagrant's messages -> the phase shown per node. First match wins; order follows a boot.
 PHASES: Final = (
     ("Uploading base box image", "uploading box"),
@@ -90,7 +95,7 @@ def probe_command(unit: str, *, tls: bool = False) -> str:
 
     With ``tls`` etcdctl speaks https with the node's copy of the lab's client certificate.
     """
-    etcdctl = ETCDCTL_TLS if tls else ETCDCTL
+    etcdctl = etcdctl_tls() if tls else ETCDCTL
     return (
         "printf 'hostname=%s\\n' \"$(hostname)\"; "
         "printf 'ips=%s\\n' \"$(hostname -I 2>/dev/null)\"; "
