@@ -77,6 +77,28 @@ def check(runner: Runner, cmd: Cmd, *, timeout: float | None = None, sudo: bool 
     return runner.run(cmd, timeout=timeout, sudo=sudo).check()
 
 
+def run_argv(host: str, argv: Sequence[str], line: str, *, stdin: bytes | None, timeout: float) -> CommandResult:
+    """Run ``argv`` (which executes the shell ``line``) as a local process and report it as ``host``'s result.
+
+    The one place local processes become CommandResults: LocalRunner and the test rigs' runners share it.
+    """
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            list(argv), input=stdin if stdin is not None else b"", capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandTimeout(f"{host}: command timed out after {timeout:g}s: {line}") from exc
+    return CommandResult(
+        host=host,
+        cmd=line,
+        exit_code=proc.returncode,
+        stdout=proc.stdout.decode("utf-8", "replace"),
+        stderr=proc.stderr.decode("utf-8", "replace"),
+        duration=time.monotonic() - start,
+    )
+
+
 class LocalRunner:
     """Runs commands on this host with /bin/sh (used by tests and the rig, never for nodes)."""
 
@@ -93,21 +115,7 @@ class LocalRunner:
     ) -> CommandResult:
         line = render_cmd(cmd, sudo=sudo)
         limit = timeout if timeout is not None else self.default_timeout
-        start = time.monotonic()
-        try:
-            proc = subprocess.run(  # noqa: S602 - running a shell line is this runner's purpose
-                line, shell=True, input=stdin, capture_output=True, timeout=limit, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(f"{self._host}: command timed out after {limit:g}s: {line}") from exc
-        return CommandResult(
-            host=self._host,
-            cmd=line,
-            exit_code=proc.returncode,
-            stdout=proc.stdout.decode("utf-8", "replace"),
-            stderr=proc.stderr.decode("utf-8", "replace"),
-            duration=time.monotonic() - start,
-        )
+        return run_argv(self._host, ["/bin/sh", "-c", line], line, stdin=stdin, timeout=limit)
 
     def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
         tmp = f"{path}.coreos-lab-tmp"

@@ -43,7 +43,7 @@ from coreos_lab.errors import CoreosLabError, DiscoveryError
 from coreos_lab.etcd import EtcdClient, cluster_health
 from coreos_lab.fleet import FleetClient, HTTPAnswer
 from coreos_lab.render import init_lab
-from coreos_lab.systemd import parse_show
+from coreos_lab.systemd import SHOW_PROPERTIES, parse_show
 from coreos_lab.unitfile import UnitFile, XFleet
 
 EXAMPLES = 200
@@ -1174,20 +1174,7 @@ def run_fleet_case(op: str, replies: list[HTTPAnswer | str]) -> str:
 
 # ---------------------------------------------------------------- target: `systemctl show` output
 
-_SHOW_KEYS = [
-    "Id",
-    "Description",
-    "LoadState",
-    "ActiveState",
-    "SubState",
-    "MainPID",
-    "ExecMainStatus",
-    "ActiveEnterTimestamp",
-    "FragmentPath",
-    "UnitFileState",
-    "Bogus",
-    "",
-]
+_SHOW_KEYS = [*SHOW_PROPERTIES, "Bogus", ""]
 _SHOW_VALUES = st.one_of(
     hostile_text,
     st.sampled_from(

@@ -48,8 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coreos_lab.errors import CommandTimeout
-from coreos_lab.runner import Cmd, CommandResult, render_cmd
+from coreos_lab.runner import Cmd, CommandResult, render_cmd, run_argv
 from tests.nspawn import rootfs as rootfs_mod
 
 if TYPE_CHECKING:
@@ -215,21 +214,7 @@ class NsenterRunner:
     ) -> CommandResult:
         line = render_cmd(cmd, sudo=sudo)
         limit = timeout if timeout is not None else self.default_timeout
-        start = time.monotonic()
-        try:
-            proc = subprocess.run(
-                self._argv(line), input=stdin if stdin is not None else b"", capture_output=True, timeout=limit
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(f"{self._host}: command timed out after {limit:g}s: {line}") from exc
-        return CommandResult(
-            host=self._host,
-            cmd=line,
-            exit_code=proc.returncode,
-            stdout=proc.stdout.decode("utf-8", "replace"),
-            stderr=proc.stderr.decode("utf-8", "replace"),
-            duration=time.monotonic() - start,
-        )
+        return run_argv(self._host, self._argv(line), line, stdin=stdin, timeout=limit)
 
     def put(self, data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
         tmp = f"{path}.coreos-lab-tmp"
