@@ -181,7 +181,7 @@ def etcd_environment(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
     # fleet speaks only the v2 API, and v2 discovery needs it too.
     env.append(("ETCD_ENABLE_V2", "true"))
     if cfg.tls:
-        env += tls.etcd_tls_environment()
+        env += tls.etcd_tls_environment(cfg.os)
     return env
 
 
@@ -205,7 +205,7 @@ def etcd2_settings(cfg: LabConfig, node: NodeSpec) -> list[tuple[str, str]]:
         conf.append(("discovery", _discovery_url(cfg)))
     if cfg.tls:
         # classic cloudinit turns each key into ETCD_<KEY>, the same variables the Flatcar drop-in sets.
-        conf += [(key.removeprefix("ETCD_").lower(), value) for key, value in tls.etcd_tls_environment()]
+        conf += [(key.removeprefix("ETCD_").lower(), value) for key, value in tls.etcd_tls_environment(cfg.os)]
     return conf
 
 
@@ -278,7 +278,7 @@ def render_lab(cfg: LabConfig, tls_material: tls.LabTLS | None = None) -> tuple[
             fleet_metadata=fleet_metadata,
             etcd_env=etcd_environment(cfg, node) if cfg.os == "flatcar" else [],
             etcd2_conf=etcd2_settings(cfg, node) if cfg.os == "coreos" else [],
-            tls_files=tls_material.node_files(node.name) if cfg.tls and tls_material else [],
+            tls_files=tls_material.node_files(node.name, cfg.os) if cfg.tls and tls_material else [],
             tls_dir=tls.NODE_TLS_DIR,
         )
         mode = tls.FILE_MODE if cfg.tls else 0o644  # user-data of a TLS lab carries private keys

@@ -11,6 +11,12 @@ Layout of ``<lab>/tls``::
     ca.pem  ca-key.pem  client.pem  client-key.pem
     <node>/server.pem  <node>/server-key.pem  <node>/peer.pem  <node>/peer-key.pem
 
+On the nodes, the host's tools (etcdctl, fleet) find the CA and the client certificate in ``/etc/coreos-lab/tls``
+on both dialects. Where etcd itself reads its files depends on the dialect (:func:`node_files`,
+:func:`etcd_tls_environment`): the ``coreos`` dialect (and the Debian lab box) runs etcd on the host and reads
+them from ``/etc/coreos-lab/tls``; Flatcar runs etcd in a container that only sees ``ETCD_SSL_DIR``, see
+:data:`FLATCAR_ETCD_DIR`.
+
 The etcd wiring asks :func:`client_material` for the client's files (or :func:`client_kwargs` for the
 ``EtcdClient`` arguments) and :func:`scheme` for the URL scheme:
 
@@ -57,6 +63,62 @@ _BOTH: Final = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 NODE_ETCDCTL_FLAGS: Final = (
     f"--cacert={NODE_TLS_DIR}/ca.pem --cert={NODE_TLS_DIR}/client.pem --key={NODE_TLS_DIR}/client-key.pem"
 )
+
+# Flatcar runs etcd-member.service as a Docker container through /usr/lib/flatcar/etcd-wrapper, and etcd reads
+# every ETCD_*_FILE path *inside* that container. What we relied on (public sources):
+# - flatcar/scripts, sdk_container/src/third_party/coreos-overlay/app-admin/etcd-wrapper/files/etcd-wrapper
+#   (commit df6ccd4c, and the copy shipped on Flatcar 4459.2.0): `docker run ... -u $(id -u ${ETCD_USER}):$(id -g
+#   ${ETCD_USER}) -v /run:/run -v /usr/share/ca-certificates:/usr/share/ca-certificates:ro
+#   -v ${etcd_data_dir}:/var/lib/etcd:rw -v ${ETCD_SSL_DIR}:/etc/ssl/certs:ro --env-file <(env; ...)`: the host
+#   directory ETCD_SSL_DIR appears read-only at /etc/ssl/certs, the whole unit environment (our drop-in's ETCD_*
+#   variables included) is handed to etcd, and etcd runs as the etcd user (so its keys must be etcd's, 0600 is fine).
+#   That script has no default for ETCD_SSL_DIR; Flatcar 4459.2.0's etcd-member.service sets
+#   Environment="ETCD_SSL_DIR=/etc/ssl/certs", the older docker wrapper (flatcar-archive/coreos-overlay,
+#   app-admin/etcd-wrapper/files/etcd-wrapper) defaulted to the same. We set it ourselves in the drop-in, so the
+#   mount does not depend on which unit/wrapper version the box ships.
+# - We keep ETCD_SSL_DIR=/etc/ssl/certs (rather than pointing it at /etc/coreos-lab/tls) because the mount
+#   *replaces* the image's /etc/ssl/certs: pointing it elsewhere would hide the image's CA bundle and etcd could no
+#   longer verify https://discovery.etcd.io (bootstrap = "discovery"). Our files go into a subdirectory:
+#   Flatcar's update-ca-certificates (flatcar/scripts .../app-misc/ca-certificates/files/update-ca-certificates)
+#   c_rehashes and bundles only the top level of /etc/ssl/certs, and clean-ca-certificates.service deletes only
+#   broken symlinks there, so the lab CA does not become a system-wide trust anchor and nothing removes our files.
+#   With ETCD_SSL_DIR=/etc/ssl/certs the host path and the container path of each file are the same string, but
+#   the two are kept apart below (flatcar_container_path) because only the container path is what etcd reads.
+FLATCAR_SSL_DIR: Final = "/etc/ssl/certs"
+"""ETCD_SSL_DIR in the Flatcar drop-in: the host directory etcd-wrapper bind-mounts into etcd's container."""
+FLATCAR_CONTAINER_SSL_DIR: Final = "/etc/ssl/certs"
+"""Where etcd-wrapper mounts ETCD_SSL_DIR inside the container (fixed in the wrapper)."""
+FLATCAR_ETCD_SUBDIR: Final = "coreos-lab"
+FLATCAR_ETCD_DIR: Final = f"{FLATCAR_SSL_DIR}/{FLATCAR_ETCD_SUBDIR}"
+"""Host directory of etcd's CA, server and peer files on a Flatcar node (inside ETCD_SSL_DIR)."""
+DIALECTS: Final = ("flatcar", "coreos")
+
+
+def flatcar_container_path(host_path: str) -> str:
+    """The path at which etcd, in etcd-wrapper's container, sees ``host_path`` (a file inside ETCD_SSL_DIR).
+
+    >>> flatcar_container_path("/etc/ssl/certs/coreos-lab/server.pem")
+    '/etc/ssl/certs/coreos-lab/server.pem'
+    """
+    prefix = FLATCAR_SSL_DIR.rstrip("/") + "/"
+    if not host_path.startswith(prefix):
+        raise ConfigError(f"internal: {host_path} is outside ETCD_SSL_DIR {FLATCAR_SSL_DIR}: etcd cannot see it")
+    return FLATCAR_CONTAINER_SSL_DIR.rstrip("/") + "/" + host_path[len(prefix) :]
+
+
+def _check_dialect(os_name: str) -> None:
+    if os_name not in DIALECTS:
+        raise ConfigError(f"internal: unknown dialect {os_name!r} (want one of {', '.join(DIALECTS)})")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFile:
+    """One file of a node's ``write_files``: path on the node, PEM text, octal permissions, ``user:group``."""
+
+    path: str
+    content: str
+    permissions: str
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,30 +167,67 @@ class LabTLS:
             out += [(f"{TLS_DIR}/{name}/{fname}", text) for fname, text in zip(NODE_FILES, texts, strict=True)]
         return out
 
-    def node_files(self, name: str) -> list[tuple[str, str, str]]:
-        """``(path on the node, PEM text, octal permissions)`` written into node ``name``'s user-data."""
+    def node_files(self, name: str, os_name: str) -> list[NodeFile]:
+        """The TLS files written into node ``name``'s user-data for dialect ``os_name`` (keys 0600).
+
+        ``coreos``: everything in ``/etc/coreos-lab/tls``, owned by etcd (etcd runs on the host as that user).
+        ``flatcar``: etcd's CA, server and peer files in :data:`FLATCAR_ETCD_DIR` (inside ETCD_SSL_DIR, the only
+        host directory etcd's container sees), owned by etcd (the container runs as its uid/gid); the CA and the
+        client certificate for the host's etcdctl in ``/etc/coreos-lab/tls``, owned by root (no key is copied
+        to a place whose reader does not need it).
+        """
+        _check_dialect(os_name)
         certs = self.node(name)
+        etcd_owner = "etcd:etcd"
+        if os_name == "coreos":
+            return [
+                NodeFile(f"{NODE_TLS_DIR}/ca.pem", self.ca_cert, "0644", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/server.pem", certs.server_cert, "0644", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/server-key.pem", certs.server_key, "0600", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/peer.pem", certs.peer_cert, "0644", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/peer-key.pem", certs.peer_key, "0600", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/client.pem", self.client_cert, "0644", etcd_owner),
+                NodeFile(f"{NODE_TLS_DIR}/client-key.pem", self.client_key, "0600", etcd_owner),
+            ]
+        host_owner = "root:root"
         return [
-            (f"{NODE_TLS_DIR}/ca.pem", self.ca_cert, "0644"),
-            (f"{NODE_TLS_DIR}/server.pem", certs.server_cert, "0644"),
-            (f"{NODE_TLS_DIR}/server-key.pem", certs.server_key, "0600"),
-            (f"{NODE_TLS_DIR}/peer.pem", certs.peer_cert, "0644"),
-            (f"{NODE_TLS_DIR}/peer-key.pem", certs.peer_key, "0600"),
-            (f"{NODE_TLS_DIR}/client.pem", self.client_cert, "0644"),
-            (f"{NODE_TLS_DIR}/client-key.pem", self.client_key, "0600"),
+            NodeFile(f"{FLATCAR_ETCD_DIR}/ca.pem", self.ca_cert, "0644", etcd_owner),
+            NodeFile(f"{FLATCAR_ETCD_DIR}/server.pem", certs.server_cert, "0644", etcd_owner),
+            NodeFile(f"{FLATCAR_ETCD_DIR}/server-key.pem", certs.server_key, "0600", etcd_owner),
+            NodeFile(f"{FLATCAR_ETCD_DIR}/peer.pem", certs.peer_cert, "0644", etcd_owner),
+            NodeFile(f"{FLATCAR_ETCD_DIR}/peer-key.pem", certs.peer_key, "0600", etcd_owner),
+            NodeFile(f"{NODE_TLS_DIR}/ca.pem", self.ca_cert, "0644", host_owner),
+            NodeFile(f"{NODE_TLS_DIR}/client.pem", self.client_cert, "0644", host_owner),
+            NodeFile(f"{NODE_TLS_DIR}/client-key.pem", self.client_key, "0600", host_owner),
         ]
 
 
-def etcd_tls_environment() -> list[tuple[str, str]]:
-    """The ``ETCD_*`` TLS variables of a node's drop-in (paths on the node)."""
+def etcd_tls_environment(os_name: str) -> list[tuple[str, str]]:
+    """The ``ETCD_*`` TLS variables of a node's etcd configuration, as etcd must see them.
+
+    ``coreos``: paths on the node (etcd runs on the host). ``flatcar``: ``ETCD_SSL_DIR`` (read by etcd-wrapper
+    to bind-mount it) first, then the paths inside etcd's container.
+
+    >>> dict(etcd_tls_environment("flatcar"))["ETCD_CERT_FILE"]
+    '/etc/ssl/certs/coreos-lab/server.pem'
+    """
+    _check_dialect(os_name)
+
+    def seen(fname: str) -> str:
+        if os_name == "coreos":
+            return f"{NODE_TLS_DIR}/{fname}"
+        return flatcar_container_path(f"{FLATCAR_ETCD_DIR}/{fname}")
+
+    prefix = [("ETCD_SSL_DIR", FLATCAR_SSL_DIR)] if os_name == "flatcar" else []
     return [
-        ("ETCD_CERT_FILE", f"{NODE_TLS_DIR}/server.pem"),
-        ("ETCD_KEY_FILE", f"{NODE_TLS_DIR}/server-key.pem"),
-        ("ETCD_TRUSTED_CA_FILE", f"{NODE_TLS_DIR}/ca.pem"),
+        *prefix,
+        ("ETCD_CERT_FILE", seen("server.pem")),
+        ("ETCD_KEY_FILE", seen("server-key.pem")),
+        ("ETCD_TRUSTED_CA_FILE", seen("ca.pem")),
         ("ETCD_CLIENT_CERT_AUTH", "true"),
-        ("ETCD_PEER_CERT_FILE", f"{NODE_TLS_DIR}/peer.pem"),
-        ("ETCD_PEER_KEY_FILE", f"{NODE_TLS_DIR}/peer-key.pem"),
-        ("ETCD_PEER_TRUSTED_CA_FILE", f"{NODE_TLS_DIR}/ca.pem"),
+        ("ETCD_PEER_CERT_FILE", seen("peer.pem")),
+        ("ETCD_PEER_KEY_FILE", seen("peer-key.pem")),
+        ("ETCD_PEER_TRUSTED_CA_FILE", seen("ca.pem")),
         ("ETCD_PEER_CLIENT_CERT_AUTH", "true"),
     ]
 

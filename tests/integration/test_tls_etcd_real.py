@@ -122,6 +122,8 @@ def localize(cfg: LabConfig, lab_dir: Path, workdir: Path) -> list[Member]:
                 value = value.replace(f"{other.ip}:2379", f"127.0.0.1:{client}")
                 value = value.replace(f"{other.ip}:2380", f"127.0.0.1:{peer}")
             value = value.replace("127.0.0.1:2379", f"127.0.0.1:{ports[node.name][0]}")  # noqa: B023
+            # Flatcar: etcd's files are in ETCD_SSL_DIR, mounted by etcd-wrapper at the same path (tls.py).
+            value = value.replace(tls.FLATCAR_ETCD_DIR, str(root) + tls.FLATCAR_ETCD_DIR)  # noqa: B023
             return value.replace(tls.NODE_TLS_DIR, str(root) + tls.NODE_TLS_DIR)  # noqa: B023
 
         env = {}
@@ -253,8 +255,8 @@ def test_certificate_from_another_ca_is_refused(tls_cluster: tuple[Path, list[Me
     ok = requests.get(
         f"https://127.0.0.1:{peer_port}/members",
         cert=(
-            str(members[1].root / "etc/coreos-lab/tls/peer.pem"),
-            str(members[1].root / "etc/coreos-lab/tls/peer-key.pem"),
+            str(members[1].root / tls.FLATCAR_ETCD_DIR.lstrip("/") / "peer.pem"),
+            str(members[1].root / tls.FLATCAR_ETCD_DIR.lstrip("/") / "peer-key.pem"),
         ),
         verify=our_ca,
         timeout=3,
@@ -349,7 +351,7 @@ def test_rendered_drop_ins_unchanged_on_node_addresses_in_a_netns(tmp_path: Path
                 if entry.get("owner"):  # what cloudinit does with owner: "user:group"
                     user, _, group = entry["owner"].partition(":")
                     os.chown(target, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
-            env = {k: v.replace(tls.NODE_TLS_DIR, str(root) + tls.NODE_TLS_DIR) for k, v in rendered.items()}
+            env = {k: v.replace(tls.FLATCAR_ETCD_DIR, str(root) + tls.FLATCAR_ETCD_DIR) for k, v in rendered.items()}
             assert {k: v for k, v in env.items() if "_FILE" not in k} == {
                 k: v for k, v in rendered.items() if "_FILE" not in k
             }, "only file paths may differ from the rendered drop-in"

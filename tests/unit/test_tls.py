@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -169,49 +170,145 @@ def _doc(files: tuple[Any, ...], node: str) -> dict[str, Any]:
     return doc
 
 
-def test_user_data_carries_certs_and_https_dropin() -> None:
+def _dropin_env(doc: dict[str, Any]) -> dict[str, str]:
+    (unit,) = [u for u in doc["coreos"]["units"] if u["name"] == "etcd-member.service"]
+    (dropin,) = unit["drop_ins"]
+    return dict(unquote_env(v) for k, v in parse_unit(dropin["content"])["Service"] if k == "Environment")
+
+
+def test_flatcar_user_data_carries_certs_and_https_dropin() -> None:
     cfg = tls_lab(instances=3)
+    assert cfg.os == "flatcar"
     material = tls.generate(cfg)
     files = render_lab(cfg, material)
+    etcd_dir, host_dir = "/etc/ssl/certs/coreos-lab", "/etc/coreos-lab/tls"
     for node in cfg.nodes:
         doc = _doc(files, node.name)
         written = {f["path"]: f for f in doc["write_files"]}
         certs = material.node(node.name)
+        # etcd's own files, inside ETCD_SSL_DIR, owned by the user etcd's container runs as
         expected = {
-            "ca.pem": (material.ca_cert, "0644"),
-            "server.pem": (certs.server_cert, "0644"),
-            "server-key.pem": (certs.server_key, "0600"),
-            "peer.pem": (certs.peer_cert, "0644"),
-            "peer-key.pem": (certs.peer_key, "0600"),
-            "client.pem": (material.client_cert, "0644"),
-            "client-key.pem": (material.client_key, "0600"),
+            f"{etcd_dir}/ca.pem": (material.ca_cert, "0644", "etcd:etcd"),
+            f"{etcd_dir}/server.pem": (certs.server_cert, "0644", "etcd:etcd"),
+            f"{etcd_dir}/server-key.pem": (certs.server_key, "0600", "etcd:etcd"),
+            f"{etcd_dir}/peer.pem": (certs.peer_cert, "0644", "etcd:etcd"),
+            f"{etcd_dir}/peer-key.pem": (certs.peer_key, "0600", "etcd:etcd"),
+            # the host's etcdctl (sudo) keeps its files where NODE_ETCDCTL_FLAGS looks
+            f"{host_dir}/ca.pem": (material.ca_cert, "0644", "root:root"),
+            f"{host_dir}/client.pem": (material.client_cert, "0644", "root:root"),
+            f"{host_dir}/client-key.pem": (material.client_key, "0600", "root:root"),
         }
-        assert set(written) == {"/etc/coreos-lab/metadata"} | {f"/etc/coreos-lab/tls/{n}" for n in expected}
-        for name, (content, perms) in expected.items():
-            entry = written[f"/etc/coreos-lab/tls/{name}"]
-            assert entry["content"] == content
-            assert entry["permissions"] == perms
-            assert entry["owner"] == "etcd:etcd"
-        (unit,) = [u for u in doc["coreos"]["units"] if u["name"] == "etcd-member.service"]
-        env = dict(
-            unquote_env(v) for k, v in parse_unit(unit["drop_ins"][0]["content"])["Service"] if k == "Environment"
-        )
+        assert set(written) == {"/etc/coreos-lab/metadata"} | set(expected)
+        for path, (content, perms, owner) in expected.items():
+            assert written[path]["content"] == content
+            assert written[path]["permissions"] == perms, path
+            assert written[path]["owner"] == owner, path
+        # every key is 0600, and no node carries another node's key or the CA key
+        for entry in doc["write_files"]:
+            if "PRIVATE KEY" in entry["content"]:
+                assert entry["permissions"] == "0600", entry["path"]
+        text = next(f.content for f in files if f.path == f"user-data/{node.name}.yaml")
+        assert material.ca_key not in text
+        assert all(material.node(o.name).server_key not in text for o in cfg.nodes if o.name != node.name)
+        assert f"--cacert={host_dir}/ca.pem" in tls.NODE_ETCDCTL_FLAGS
+        env = _dropin_env(doc)
         assert env["ETCD_LISTEN_CLIENT_URLS"] == f"https://{node.ip}:2379,https://127.0.0.1:2379"
         assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"https://{node.ip}:2379"
         assert env["ETCD_LISTEN_PEER_URLS"] == env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == f"https://{node.ip}:2380"
         assert env["ETCD_INITIAL_CLUSTER"] == ",".join(f"{n.name}=https://{n.ip}:2380" for n in cfg.nodes)
-        assert env["ETCD_CERT_FILE"] == "/etc/coreos-lab/tls/server.pem"
-        assert env["ETCD_KEY_FILE"] == "/etc/coreos-lab/tls/server-key.pem"
-        assert env["ETCD_TRUSTED_CA_FILE"] == env["ETCD_PEER_TRUSTED_CA_FILE"] == "/etc/coreos-lab/tls/ca.pem"
-        assert env["ETCD_PEER_CERT_FILE"] == "/etc/coreos-lab/tls/peer.pem"
-        assert env["ETCD_PEER_KEY_FILE"] == "/etc/coreos-lab/tls/peer-key.pem"
+        # etcd-wrapper bind-mounts ETCD_SSL_DIR at /etc/ssl/certs in etcd's container: the paths etcd reads
+        assert env["ETCD_SSL_DIR"] == "/etc/ssl/certs"
+        assert env["ETCD_CERT_FILE"] == f"{etcd_dir}/server.pem"
+        assert env["ETCD_KEY_FILE"] == f"{etcd_dir}/server-key.pem"
+        assert env["ETCD_TRUSTED_CA_FILE"] == env["ETCD_PEER_TRUSTED_CA_FILE"] == f"{etcd_dir}/ca.pem"
+        assert env["ETCD_PEER_CERT_FILE"] == f"{etcd_dir}/peer.pem"
+        assert env["ETCD_PEER_KEY_FILE"] == f"{etcd_dir}/peer-key.pem"
         assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
         assert not any(v.startswith("http://") for v in env.values())
 
 
+def wrapper_view(env: dict[str, str], write_files: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """What etcd sees in etcd-wrapper's container: container path -> write_files entry (host ETCD_SSL_DIR only)."""
+    ssl_dir = env["ETCD_SSL_DIR"].rstrip("/") + "/"
+    return {
+        tls.FLATCAR_CONTAINER_SSL_DIR + "/" + e["path"][len(ssl_dir) :]: e
+        for e in write_files
+        if e["path"].startswith(ssl_dir)
+    }
+
+
+@pytest.mark.parametrize("bootstrap", ["static", "discovery"])
+def test_flatcar_every_etcd_file_is_visible_in_the_container(bootstrap: str) -> None:
+    """Each ETCD_*_FILE names a file that user-data writes into ETCD_SSL_DIR, seen through the wrapper's mount."""
+    url = "https://discovery.etcd.io/0123456789abcdef0123456789abcdef" if bootstrap == "discovery" else None
+    cfg = tls_lab(bootstrap=bootstrap, discovery_url=url)
+    material = tls.generate(cfg)
+    for node in cfg.nodes:
+        doc = _doc(render_lab(cfg, material), node.name)
+        env = _dropin_env(doc)
+        view = wrapper_view(env, doc["write_files"])
+        file_vars = {k: v for k, v in env.items() if k.endswith("_FILE")}
+        assert len(file_vars) == 6
+        for key, path in file_vars.items():
+            assert path in view, f"{key}={path} is not inside the container's mount of ETCD_SSL_DIR"
+            assert view[path]["owner"] == "etcd:etcd"
+            if key.endswith("KEY_FILE"):
+                assert view[path]["permissions"] == "0600"
+                assert "PRIVATE KEY" in view[path]["content"]
+        assert view[env["ETCD_CERT_FILE"]]["content"] == material.node(node.name).server_cert
+        assert view[env["ETCD_PEER_KEY_FILE"]]["content"] == material.node(node.name).peer_key
+        # Only etcd's files go into the mounted directory: the client key stays out of etcd's reach.
+        assert {PurePosixPath(p).name for p in view} == {
+            "ca.pem",
+            "server.pem",
+            "server-key.pem",
+            "peer.pem",
+            "peer-key.pem",
+        }
+
+
+def test_flatcar_etcd_dir_is_a_subdirectory_of_the_system_cert_dir() -> None:
+    """Not the top level: Flatcar's update-ca-certificates bundles /etc/ssl/certs/*.pem into the system trust."""
+    assert PurePosixPath(tls.FLATCAR_ETCD_DIR).parent == PurePosixPath(tls.FLATCAR_SSL_DIR)
+    assert tls.flatcar_container_path(f"{tls.FLATCAR_ETCD_DIR}/ca.pem") == "/etc/ssl/certs/coreos-lab/ca.pem"
+    with pytest.raises(ConfigError, match="outside ETCD_SSL_DIR"):
+        tls.flatcar_container_path("/etc/coreos-lab/tls/server.pem")
+    with pytest.raises(ConfigError, match="unknown dialect"):
+        tls.etcd_tls_environment("debian")
+
+
+def test_flatcar_user_data_keys_are_underscored_and_plain_lab_unchanged() -> None:
+    cfg = tls_lab()
+    doc = _doc(render_lab(cfg, tls.generate(cfg)), "core-01")
+    keys: list[str] = []
+    stack: list[Any] = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            keys += list(item)
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    assert keys
+    assert all("-" not in k for k in keys), "Flatcar's cloudinit ignores hyphenated keys"
+    plain = render_lab(tls_lab(tls=False))
+    text = next(f.content for f in plain if f.path == "user-data/core-01.yaml")
+    assert "ETCD_SSL_DIR" not in text
+    assert "/etc/ssl/certs" not in text
+
+
 def test_coreos_dialect_tls() -> None:
     cfg = tls_lab(os="coreos")
-    doc = _doc(render_lab(cfg, tls.generate(cfg)), "core-02")
+    material = tls.generate(cfg)
+    doc = _doc(render_lab(cfg, material), "core-02")
+    # etcd runs on the host here (and on the Debian lab box): everything in /etc/coreos-lab/tls, owned by etcd
+    written = {f["path"]: f for f in doc["write_files"] if f["path"] != "/etc/coreos-lab/metadata"}
+    names = ["ca.pem", "server.pem", "server-key.pem", "peer.pem", "peer-key.pem", "client.pem", "client-key.pem"]
+    assert list(written) == [f"/etc/coreos-lab/tls/{n}" for n in names]
+    assert all(f["owner"] == "etcd:etcd" for f in written.values())
+    assert [f["permissions"] for f in written.values()] == ["0644", "0644", "0600", "0644", "0600", "0644", "0600"]
+    assert "ETCD_SSL_DIR" not in json.dumps(doc)
+    assert "/etc/ssl/certs" not in json.dumps(doc)
     etcd2, fleet = doc["coreos"]["etcd2"], doc["coreos"]["fleet"]
     assert etcd2["listen_client_urls"] == "https://192.168.56.102:2379,https://127.0.0.1:2379"
     assert etcd2["cert_file"] == "/etc/coreos-lab/tls/server.pem"
