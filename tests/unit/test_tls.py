@@ -267,6 +267,21 @@ def test_flatcar_every_etcd_file_is_visible_in_the_container(bootstrap: str) -> 
         }
 
 
+def test_flatcar_paths_also_work_with_etcd_on_the_host() -> None:
+    """The lab box renders the Flatcar dialect but runs Debian's etcd on the host (User=etcd, no container).
+
+    With ETCD_SSL_DIR mounted at its own path, each in-container path is also the host path of a written file,
+    so the same user-data serves both.
+    """
+    cfg = tls_lab(box="coreos-lab/lab", provider="libvirt")
+    doc = _doc(render_lab(cfg, tls.generate(cfg)), "core-01")
+    written = {f["path"]: f for f in doc["write_files"]}
+    env = _dropin_env(doc)
+    for key in ("ETCD_CERT_FILE", "ETCD_KEY_FILE", "ETCD_TRUSTED_CA_FILE", "ETCD_PEER_CERT_FILE", "ETCD_PEER_KEY_FILE"):
+        assert env[key] in written, key
+        assert written[env[key]]["owner"] == "etcd:etcd"
+
+
 def test_flatcar_etcd_dir_is_a_subdirectory_of_the_system_cert_dir() -> None:
     """Not the top level: Flatcar's update-ca-certificates bundles /etc/ssl/certs/*.pem into the system trust."""
     assert PurePosixPath(tls.FLATCAR_ETCD_DIR).parent == PurePosixPath(tls.FLATCAR_SSL_DIR)
