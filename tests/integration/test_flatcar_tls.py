@@ -177,6 +177,16 @@ def workdir() -> Path:
     return path
 
 
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """workdir(), removed after the test whatever happens."""
+    path = workdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def wait_healthy(members: list[Member], cert: tuple[str, str], ca: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -244,9 +254,9 @@ def flatcar_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     prerequisites()
     lab_dir = tmp_path_factory.mktemp("flatcar-tls-lab")
     root = workdir()
-    cfg = init_lab(lab_dir, LabConfig(instances=2, os="flatcar", tls=True, cluster_token="flatcar-tls-test")).config
     members: list[Member] = []
     try:
+        cfg = init_lab(lab_dir, LabConfig(instances=2, os="flatcar", tls=True, cluster_token="flatcar-tls-test")).config
         members = wrapper_members(cfg, lab_dir, root)
         for member in members:
             member.start()
@@ -321,7 +331,7 @@ def test_node_etcdctl_files_work(flatcar_tls: Cluster) -> None:
     assert key_file.stat().st_uid == 0
 
 
-def test_host_paths_are_not_seen_in_the_container(tmp_path: Path) -> None:
+def test_host_paths_are_not_seen_in_the_container(tmp_path: Path, scratch: Path) -> None:
     """Negative control: the layout rendered before this fix (etcd's files in /etc/coreos-lab/tls on the host) fails.
 
     The files exist on the host, but the wrapper does not mount that directory: etcd must fail to start. This is
@@ -329,7 +339,7 @@ def test_host_paths_are_not_seen_in_the_container(tmp_path: Path) -> None:
     """
     prerequisites()
     lab_dir = tmp_path / "lab"
-    root = workdir()
+    root = scratch
     cfg = init_lab(lab_dir, LabConfig(instances=1, os="flatcar", tls=True, cluster_token="flatcar-old-layout")).config
     old = {
         key: f"{tls.NODE_TLS_DIR}/{name}"
@@ -353,10 +363,9 @@ def test_host_paths_are_not_seen_in_the_container(tmp_path: Path) -> None:
     finally:
         for member in members:
             member.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def test_bind_mounted_like_the_wrapper_rendered_paths_unchanged(tmp_path: Path) -> None:
+def test_bind_mounted_like_the_wrapper_rendered_paths_unchanged(tmp_path: Path, scratch: Path) -> None:
     """No path translation: ETCD_SSL_DIR bind-mounted read-only at /etc/ssl/certs, a data dir at /var/lib/etcd.
 
     etcd runs in a private mount namespace (unshare), as the etcd user, with the drop-in's file paths exactly as
@@ -366,7 +375,7 @@ def test_bind_mounted_like_the_wrapper_rendered_paths_unchanged(tmp_path: Path) 
     require_binary("unshare")
     require(Path(WRAPPER_SSL_MOUNT).is_dir() and Path(WRAPPER_DATA_MOUNT).is_dir(), "no mount points to bind over")
     lab_dir = tmp_path / "lab"
-    root = workdir()
+    root = scratch
     cfg = init_lab(lab_dir, LabConfig(instances=1, os="flatcar", tls=True, cluster_token="flatcar-bind")).config
     (node,) = cfg.nodes
     rendered, write_files = rendered_node(lab_dir, node.name)
@@ -414,4 +423,3 @@ def test_bind_mounted_like_the_wrapper_rendered_paths_unchanged(tmp_path: Path) 
         assert (data_dir / "member").is_dir()
     finally:
         member.stop()
-        shutil.rmtree(root, ignore_errors=True)
