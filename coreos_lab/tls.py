@@ -13,9 +13,10 @@ Layout of ``<lab>/tls``::
 
 On the nodes, the host's tools (etcdctl, fleet) find the CA and the client certificate in ``/etc/coreos-lab/tls``
 on both dialects. Where etcd itself reads its files depends on the dialect (:func:`node_files`,
-:func:`etcd_tls_environment`): the ``coreos`` dialect (and the Debian lab box) runs etcd on the host and reads
-them from ``/etc/coreos-lab/tls``; Flatcar runs etcd in a container that only sees ``ETCD_SSL_DIR``, see
-:data:`FLATCAR_ETCD_DIR`.
+:func:`etcd_tls_environment`): the ``coreos`` dialect runs etcd on the host and reads them from
+``/etc/coreos-lab/tls``; Flatcar runs etcd in a container that only sees ``ETCD_SSL_DIR``, see
+:data:`FLATCAR_ETCD_DIR`. The offline lab box takes the Flatcar dialect but runs Debian's etcd on the host; it
+reads the same paths, because ETCD_SSL_DIR is mounted at its own path in the container.
 
 The etcd wiring asks :func:`client_material` for the client's files (or :func:`client_kwargs` for the
 ``EtcdClient`` arguments) and :func:`scheme` for the URL scheme:
