@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +59,7 @@ _PROGRESS_RE: Final = re.compile(r"^(?:==> |    )([A-Za-z0-9][\w.-]*): (.*)$")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _RUBY_FRAME_RE: Final = re.compile(r"^\s*(?:from\s+)?\S+\.rb:\d+:in [`'][^']*'(?::\s*(.*))?$")
 DEFAULT_TIMEOUT: Final = 3600.0
+INTERRUPT_GRACE: Final = 120.0  # seconds Vagrant gets to clean up after Ctrl-C before it is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +283,33 @@ class VagrantLab:
         except subprocess.TimeoutExpired:
             raise VagrantError(f"vagrant {args[0]} did not finish within {timeout:g}s") from None
 
+    @staticmethod
+    def _interrupt(proc: subprocess.Popen[str], emit: LineFn, lock: threading.Lock) -> None:
+        """Ctrl-C: let Vagrant stop gracefully (one SIGINT, bounded wait); a second Ctrl-C kills it.
+
+        Killing Vagrant outright mid-``up`` can leave a half-defined domain, a held machine lock and
+        stale ``.vagrant/`` state; after its own SIGINT handling the next ``up`` or ``destroy`` works.
+        Its clean-up lines keep flowing to ``emit`` (the pipe must be drained or Vagrant blocks on it).
+        """
+
+        def drain() -> None:
+            assert proc.stdout is not None  # noqa: S101 - a PIPE
+            with contextlib.suppress(OSError, ValueError):
+                for line in proc.stdout:
+                    with lock:
+                        emit(line.rstrip("\n"))
+
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        drainer.join(timeout=5)
+
     def _stream(self, args: Sequence[str], on_line: LineFn | None) -> None:
         """Run Vagrant, hand every stdout and stderr line to ``on_line``, raise with stderr on failure."""
         emit = on_line or (lambda _line: None)
@@ -295,6 +324,9 @@ class VagrantLab:
             text=True,
             errors="replace",
             bufsize=1,
+            # Its own session: a Ctrl-C at the terminal reaches only us, and we hand Vagrant exactly one
+            # SIGINT (its graceful stop). A second SIGINT makes Vagrant exit at once, skipping its clean-up.
+            start_new_session=True,
         )
         assert proc.stdout is not None  # noqa: S101 - a PIPE
         assert proc.stderr is not None  # noqa: S101 - a PIPE
@@ -316,6 +348,9 @@ class VagrantLab:
                 with lock:
                     emit(line.rstrip("\n"))
             code = proc.wait()
+        except KeyboardInterrupt:
+            self._interrupt(proc, emit, lock)
+            raise
         except BaseException:
             proc.kill()
             proc.wait()

@@ -220,9 +220,14 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the live display (idempotent), so an error line printed next is not drawn over."""
         if self._live is not None:
             self._live.update(self._table())  # type: ignore[attr-defined]
             self._live.stop()  # type: ignore[attr-defined]
+            self._live = None
 
     def _table(self) -> object:
         from rich.table import Table
@@ -302,11 +307,24 @@ def up(
     if not vm.parallel_capable and len(targets) > 1:
         typer.echo(f"note: {cfg.provider} boots nodes one at a time (Vagrant cannot run it in parallel)", err=True)
     start = time.monotonic()
+    interrupted = False
     with Progress(targets, verbose) as progress:
         try:
             vm.up(chosen or None, parallel=parallel, on_line=progress.line)
+        except KeyboardInterrupt:
+            # Vagrant got its SIGINT and finished its own clean-up (coreos_lab.vagrant); the lab's files
+            # were not touched: say how to go on.
+            interrupted = True
         finally:
             _invalidate_cluster_cache(path)
+        if interrupted:
+            progress.stop()
+            typer.echo(
+                "error: interrupted: vagrant up stopped after its clean-up; run 'coreos-lab up' to go on "
+                "or 'coreos-lab destroy' to remove the nodes",
+                err=True,
+            )
+            raise typer.Exit(130)
         for name in targets:
             progress.set(name, "booted, checking cluster" if wait else "up")
     booted = time.monotonic() - start

@@ -245,6 +245,150 @@ def test_self_hosted_discovery_lab(rig: Rig, lab_root: Path) -> None:
         destroy_and_check(rig, lab)
 
 
+def files_of(lab: Path) -> dict[str, bytes]:
+    """Every file the lab directory holds outside Vagrant's and coreos-lab's state directories."""
+    skip = {".vagrant", ".coreos-lab"}
+    return {
+        str(p.relative_to(lab)): p.read_bytes()
+        for p in sorted(lab.rglob("*"))
+        if p.is_file() and not skip.intersection(p.relative_to(lab).parts)
+    }
+
+
+def test_tls_lab(rig: Rig, lab_root: Path) -> None:
+    """`init --tls` on VMs: etcd serves clients and peers over TLS with client certificates, coreos-lab's
+    own clients (up's probe, status, etcd, deploy) use the lab's certificate, and plain or cert-less access
+    is refused on the nodes themselves."""
+    from coreos_lab.tls import NODE_ETCDCTL_FLAGS
+
+    lab = lab_root / "e2etls"
+    coreos_lab(
+        rig,
+        "init",
+        str(lab),
+        "--instances",
+        "3",
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--bootstrap",
+        "static",
+        "--tls",
+        cwd=lab.parent,
+    )
+    cfg = labconfig.load(lab)
+    assert cfg.tls
+    try:
+        start = time.monotonic()
+        up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
+        print(f"TLS lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
+        assert "ready after" in up.stdout
+        report = json.loads(coreos_lab(rig, "status", "--json", cwd=lab, timeout=600).stdout)
+        assert report["ok"], report
+        etcd = report["etcd"]
+        assert (etcd["tls"], etcd["healthy"], etcd["healthy_members"], etcd["member_count"]) == (True, True, 3, 3)
+        coreos_lab(rig, "etcd", "put", "/e2e/tls", "over-https", cwd=lab, timeout=300)
+        assert coreos_lab(rig, "etcd", "get", "/e2e/tls", cwd=lab, timeout=300).stdout.strip().endswith("over-https")
+
+        cfg_file = ssh_config(rig, lab)
+        for node in cfg.nodes:
+            ep = "https://127.0.0.1:2379"
+            out = on_node(
+                rig,
+                cfg_file,
+                node.name,
+                f"etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} endpoint health 2>&1; "
+                f"etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} member list -w json",
+            )
+            assert "is healthy" in out.splitlines()[0], out
+            members = json.loads("\n".join(out.splitlines()[1:]))["members"]
+            assert sorted(u for m in members for u in m["peerURLs"]) == sorted(
+                f"https://{n.ip}:2380" for n in cfg.nodes
+            ), out
+            assert all(u.startswith("https://") for m in members for u in m["clientURLs"]), out
+            # refused: plain http on the client port, and https without a client certificate
+            plain = on_node(
+                rig, cfg_file, node.name, "curl -s -m 10 http://127.0.0.1:2379/health; echo rc=$?", check=False
+            )
+            assert '"health":"true"' not in plain, plain
+            no_cert = on_node(
+                rig,
+                cfg_file,
+                node.name,
+                "curl -s -m 10 --cacert /etc/coreos-lab/tls/ca.pem https://127.0.0.1:2379/health; echo rc=$?",
+                check=False,
+            )
+            assert '"health":"true"' not in no_cert, no_cert
+            assert "rc=0" not in no_cert, no_cert
+        deploy_flow(rig, lab)  # desired state lives in the TLS etcd
+    finally:
+        destroy_and_check(rig, lab)
+
+
+def test_ctrl_c_during_up_then_up_again(rig: Rig, lab_root: Path) -> None:
+    """Ctrl-C while `coreos-lab up` boots a node: exit 130 with one line, Vagrant cleans up, the lab's files
+    are untouched, and the next `up` brings the lab up healthy."""
+    import signal
+
+    lab = lab_root / "e2eint"
+    coreos_lab(
+        rig,
+        "init",
+        str(lab),
+        "--instances",
+        "1",
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--bootstrap",
+        "static",
+        cwd=lab.parent,
+    )
+    before = files_of(lab)
+    try:
+        # As a terminal does: SIGINT to the foreground process group (coreos-lab and whatever shares it).
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", rig.ns, *CLI, "up", "--verbose"],
+            cwd=lab,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 600
+        for line in proc.stdout:
+            seen.append(line)
+            # the domain exists and boots: the middle of `vagrant up`, where an interrupt hurts most
+            if "Waiting for domain to get an IP address" in line or "Starting domain" in line:
+                break
+            assert time.monotonic() < deadline, "".join(seen)
+        else:
+            raise AssertionError("up ended before the domain was started:\n" + "".join(seen))
+        interrupted_at = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=300)
+        out = "".join(seen) + rest
+        print(f"up interrupted; exited {proc.returncode} after {time.monotonic() - interrupted_at:.0f}s")
+        assert proc.returncode == 130, out
+        assert "Traceback" not in out, out
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, out
+        assert "interrupted" in errors[0], out
+        assert files_of(lab) == before  # no partial or changed file in the lab
+        assert not [p for p in lab.rglob("*") if ".tmp" in p.name], list(lab.rglob("*"))
+
+        up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
+        assert "ready after" in up.stdout, up.stdout
+        status = rig.run([*CLI, "status"], cwd=lab, timeout=600, check=False)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        destroy_and_check(rig, lab)
+
+
 def test_nothing_left_running(rig: Rig) -> None:
     qemu = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30).stdout
     assert not [line for line in qemu.splitlines() if "qemu-system" in line and "guest=e2e" in line]
