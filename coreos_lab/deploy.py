@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,12 +51,21 @@ METADATA_PATH: Final = "/etc/coreos-lab/metadata"
 FLEET_SOCKET: Final = "/var/run/fleet.sock"
 ETCD_PORT: Final = 2379
 _SEP: Final = "@@coreos-lab@@"
-# One round trip per node: machine id, placement metadata, host name, addresses.
+# One round trip per node: machine id, placement metadata, host name, addresses. Shell builtins only (POSIX sh,
+# bash, dash, busybox): on a software-emulated VM every process the login shell starts costs ~200 ms, and the
+# cat/cat/hostname/hostname -I of a naive probe tripled its time (0.76 s vs 0.21 s for `true`, 3-VM lab).
+# `hostname -I` runs only when some node's address is known neither from the lab nor from its SSH host.
+_READ_FN: Final = "r() { while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < \"$1\"; } 2>/dev/null"
 _PROBE: Final = (
-    f"cat /etc/machine-id 2>/dev/null; echo {_SEP}; cat {METADATA_PATH} 2>/dev/null; echo {_SEP}; "
-    f"hostname 2>/dev/null; echo {_SEP}; hostname -I 2>/dev/null || true; echo {_SEP}; "
+    f"{_READ_FN}; r /etc/machine-id; echo {_SEP}; r {METADATA_PATH}; echo {_SEP}; "
+    f"r /proc/sys/kernel/hostname; echo {_SEP}; {{addresses}}echo {_SEP}; "
     f"test -S {FLEET_SOCKET} && echo fleet || true"
 )
+
+
+def probe_command(addresses: bool) -> str:
+    """The probe's shell line; ``addresses`` adds ``hostname -I`` (the only command it may start)."""
+    return _PROBE.replace("{addresses}", "hostname -I 2>/dev/null || true; " if addresses else "")
 _ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")
 
 
@@ -137,7 +147,12 @@ def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: 
 def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -> dict[str, NodeFacts]:
     """Ask every node (in parallel, one command each) who it is; unreachable nodes are reported, not raised."""
     specs = specs or {}
-    outcomes = cluster.run_all(_PROBE, timeout=20)
+    targets = cluster.targets
+    need_addresses = any(
+        not (specs.get(n) and specs[n].ip) and not (n in targets and _usable_ip(targets[n].hostname))
+        for n in cluster.names
+    )
+    outcomes = cluster.run_all(probe_command(need_addresses), timeout=20)
     facts: dict[str, NodeFacts] = {}
     for name, outcome in outcomes.items():
         spec = specs.get(name)
@@ -188,6 +203,7 @@ class NodeOutcome:
     active_state: str = ""
     sub_state: str = ""
     error: str | None = None
+    journal: tuple[str, ...] = ()  # the unit's last journal lines when it failed there
 
     @property
     def machine(self) -> str:
@@ -201,6 +217,7 @@ class NodeOutcome:
             "active_state": self.active_state or None,
             "sub_state": self.sub_state or None,
             "error": self.error,
+            "journal": list(self.journal),
         }
 
 
@@ -465,15 +482,248 @@ def _siblings_on(records: Sequence[UnitRecord], unit: str, node: str) -> bool:
     )
 
 
-def _launch_on(runner: Runner, record: UnitRecord, *, restart: bool, timeout: float) -> UnitState:
-    """Install the file (its template for an instance), start or restart, wait until active or failed."""
-    client = SystemdClient(runner)
-    _install(client, record.name, record.content)
-    if restart:
-        client.restart(record.name)
+# ---- starting a unit and watching it settle --------------------------------------------------------------------------
+# What a start is judged by. InvocationID changes with every start cycle, so a poll can tell the run it asked
+# for from the state a previous run left behind (``start --no-block`` returns before the job has run).
+_LIVE_PROPS: Final = (
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "MainPID",
+    "NRestarts",
+    "ExecMainStatus",
+    "InvocationID",
+)
+SETTLE_SECONDS: Final = 1.0  # how long a freshly active unit must stay up before deploy calls it launched
+JOURNAL_LINES: Final = 10
+_GRACE_SECONDS: Final = 5.0  # an identical record's unit not running yet: a concurrent deploy may be starting it
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What systemd says about a unit being started (``invocation`` None: this systemd does not report one)."""
+
+    unit: str
+    load_state: str = ""
+    active_state: str = ""
+    sub_state: str = ""
+    result: str = ""
+    main_pid: int = 0
+    n_restarts: int = 0
+    exec_main_status: int = 0
+    invocation: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """``failed/failed (result exit-code, status 3)``: the state, and why when systemd says so."""
+        text = f"{self.active_state or '-'}/{self.sub_state or '-'}"
+        why = []
+        if self.result and self.result != "success":
+            why.append(f"result {self.result}")
+        if self.exec_main_status:
+            why.append(f"status {self.exec_main_status}")
+        if self.n_restarts:
+            why.append(f"{self.n_restarts} restart{'s' if self.n_restarts != 1 else ''}")
+        return text + (f" ({', '.join(why)})" if why else "")
+
+    def to_unit_state(self) -> UnitState:
+        return UnitState(
+            self.unit,
+            load_state=self.load_state,
+            active_state=self.active_state,
+            sub_state=self.sub_state,
+            main_pid=self.main_pid,
+            exec_main_status=self.exec_main_status,
+        )
+
+
+def parse_liveness(unit: str, text: str) -> Liveness:
+    """``systemctl show -p ...`` of one unit (``Key=value`` lines; missing or garbled numbers read as 0).
+
+    >>> parse_liveness("a.service", "ActiveState=failed\\nNRestarts=2\\nInvocationID=\\n").summary
+    'failed/- (2 restarts)'
+    """
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+
+    def num(key: str) -> int:
+        try:
+            return int(props.get(key, "0") or 0)
+        except ValueError:
+            return 0
+
+    return Liveness(
+        unit,
+        props.get("LoadState", ""),
+        props.get("ActiveState", ""),
+        props.get("SubState", ""),
+        props.get("Result", ""),
+        num("MainPID"),
+        num("NRestarts"),
+        num("ExecMainStatus"),
+        props.get("InvocationID"),
+    )
+
+
+def settle_verdict(first: Liveness, later: Liveness) -> str | None:
+    """Whether a unit seen active (``first``) still runs the same way ``later``: None if so, else why not.
+
+    A unit counts as failed when it left ``active``, restarted (systemd's restart counter grew, or a new
+    invocation or main process replaced the first), i.e. it died right after starting.
+
+    >>> up = Liveness("a.service", "loaded", "active", "running", "success", 100, 0, 0, "i1")
+    >>> settle_verdict(up, up) is None
+    True
+    >>> settle_verdict(up, Liveness("a.service", "loaded", "failed", "failed", "exit-code", 0, 0, 3, "i1"))
+    'a.service did not stay active: failed/failed (result exit-code, status 3)'
+    """
+    name = later.unit
+    if later.active_state != "active":
+        return f"{name} did not stay active: {later.summary}"
+    if later.n_restarts > first.n_restarts or first.n_restarts > 0:
+        return f"{name} keeps restarting: {later.summary}"
+    if first.invocation and later.invocation and later.invocation != first.invocation:
+        return f"{name} restarted right after starting: {later.summary}"
+    if first.main_pid and later.main_pid and later.main_pid != first.main_pid:
+        return f"{name} restarted right after starting (main PID {first.main_pid} -> {later.main_pid})"
+    return None
+
+
+def _checkpoint(cancel: threading.Event | None, host: str) -> None:
+    """Node-side work of an interrupted deploy stops here, between steps (never inside a file write)."""
+    if cancel is not None and cancel.is_set():
+        raise CoreosLabError(f"{host}: interrupted")
+
+
+def _pause(cancel: threading.Event | None, seconds: float) -> None:
+    if seconds <= 0:
+        return
+    if cancel is None:
+        time.sleep(seconds)
     else:
-        client.start(record.name)
-    return client.wait_active(record.name, timeout=timeout, interval=0.3)
+        cancel.wait(seconds)
+
+
+def _liveness(runner: Runner, unit: str, timeout: float = 30.0) -> Liveness:
+    validate_unit_name(unit)
+    argv = ["systemctl", "show", "-p", ",".join(_LIVE_PROPS), "--", unit]
+    return parse_liveness(unit, runner.run(argv, timeout=timeout).check().stdout)
+
+
+def journal_tail(runner: Runner, unit: str, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
+    """The unit's last journal lines (message only); empty when the journal cannot be read (best effort)."""
+    validate_unit_name(unit)
+    argv = ["journalctl", f"--unit={unit}", "--no-pager", "-o", "cat", f"--lines={lines}"]
+    try:
+        result = runner.run(argv, sudo=True, timeout=15)
+    except CoreosLabError:
+        return ()
+    if not result.ok:
+        return ()
+    return tuple(line[:300] for line in result.stdout.splitlines() if line.strip() and line != "-- No entries --")
+
+
+def _terminal(state: Liveness, before: Liveness | None) -> bool:
+    """Whether the start we asked for has come to a result (active, failed, or already ended)."""
+    if before is not None and state.invocation is not None and state.invocation in ("", before.invocation):
+        return False  # the job has not begun yet: what we see is the previous run's state
+    return state.active_state in ("active", "failed", "inactive")
+
+
+def _wait_up(
+    runner: Runner, unit: str, timeout: float, cancel: threading.Event | None, before: Liveness | None
+) -> Liveness:
+    """Poll until the start has a result; CoreosLabError naming the node and the state after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    interval = 0.1
+    while True:
+        _checkpoint(cancel, runner.host)
+        state = _liveness(runner, unit, timeout=max(5.0, min(30.0, timeout)))
+        if _terminal(state, before):
+            return state
+        if time.monotonic() >= deadline:
+            raise CoreosLabError(f"{runner.host}: {unit} not active after {timeout:g}s ({state.summary})")
+        _pause(cancel, min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(0.5, interval * 2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    state: Liveness
+    error: str | None = None
+    journal: tuple[str, ...] = ()
+
+
+def _start_and_watch(
+    runner: Runner,
+    unit: str,
+    *,
+    restart: bool,
+    timeout: float,
+    settle: float,
+    cancel: threading.Event | None,
+) -> _Launch:
+    """Start (or restart) ``unit``, wait for a result, then watch it ``settle`` seconds; failures carry the
+    unit's state and its last journal lines."""
+    before = _liveness(runner, unit)
+    # A start of a unit that is already up (or on its way) joins that run: no new invocation to wait for.
+    already = not restart and before.active_state in ("active", "activating", "reloading")
+    _checkpoint(cancel, runner.host)
+    # --no-block: the call returns once the job is queued, so an interrupt is never stuck behind a slow
+    # ExecStartPre; the result is then polled (bounded by ``timeout``).
+    verb = "restart" if restart else "start"
+    runner.run(["systemctl", verb, "--no-block", "--", unit], sudo=True, timeout=30).check()
+    state = _wait_up(runner, unit, timeout, cancel, None if already else before)
+    error: str | None = None
+    if state.active_state != "active":
+        error = f"{unit} is {state.summary}"
+    elif settle > 0:
+        _pause(cancel, settle)
+        _checkpoint(cancel, runner.host)
+        later = _liveness(runner, unit)
+        error = settle_verdict(state, later)
+        state = later
+    return _Launch(state, error, journal_tail(runner, unit) if error else ())
+
+
+def _launch_on(
+    runner: Runner,
+    record: UnitRecord,
+    *,
+    restart: bool,
+    timeout: float,
+    settle: float = 0.0,
+    cancel: threading.Event | None = None,
+) -> _Launch:
+    """Install the file (its template for an instance), start or restart, wait for a result, settle."""
+    _checkpoint(cancel, runner.host)
+    _install(SystemdClient(runner), record.name, record.content)
+    _checkpoint(cancel, runner.host)
+    return _start_and_watch(runner, record.name, restart=restart, timeout=timeout, settle=settle, cancel=cancel)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _outcomes(
+    record: UnitRecord, results: Mapping[str, _Launch | CoreosLabError], facts: Mapping[str, NodeFacts]
+) -> list[NodeOutcome]:
+    out = []
+    for node, res in results.items():
+        if isinstance(res, CoreosLabError):
+            out.append(_fail_outcome(node, facts, _one_line(str(res))))
+        else:
+            st = res.state
+            err = None if res.error is None else f"{_one_line(res.error)} on {node}"
+            out.append(
+                NodeOutcome(node, _ip(facts, node), err is None, st.active_state, st.sub_state, err, res.journal)
+            )
+    return out
 
 
 def _launch_many(
@@ -484,19 +734,15 @@ def _launch_many(
     *,
     restart: bool,
     timeout: float,
+    settle: float = 0.0,
+    cancel: threading.Event | None = None,
 ) -> tuple[NodeOutcome, ...]:
     if not nodes:
         return ()
-    results = cluster.map(lambda r: _launch_on(r, record, restart=restart, timeout=timeout), list(nodes))
-    out = []
-    for node, res in results.items():
-        if isinstance(res, CoreosLabError):
-            out.append(_fail_outcome(node, facts, str(res)))
-        else:
-            ok = res.is_active
-            err = None if ok else f"{record.name} is {res.active_state}/{res.sub_state} on {node}"
-            out.append(NodeOutcome(node, _ip(facts, node), ok, res.active_state, res.sub_state, err))
-    return tuple(out)
+    results = cluster.map(
+        lambda r: _launch_on(r, record, restart=restart, timeout=timeout, settle=settle, cancel=cancel), list(nodes)
+    )
+    return tuple(_outcomes(record, results, facts))
 
 
 def _remove_on(
@@ -530,6 +776,47 @@ def load_unit(text: str, name: str) -> tuple[UnitFile, XFleet]:
     return unit, XFleet.from_unit(unit)
 
 
+DeployPhase = Literal["preparing", "recording", "recorded"]
+
+
+class DeployInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`deploy`. ``done``: the units finished before; ``unit`` and ``phase``: where it stopped.
+
+    ``recorded``: the unit's desired state was in etcd before any node was touched, so nothing runs
+    unrecorded; deploying again (or ``reconcile``) finishes the job. ``recording``: the etcd write was in
+    flight and may or may not have landed; no node was touched. ``preparing``: nothing was written.
+    A KeyboardInterrupt, so callers that do not know it still stop as on any Ctrl-C.
+    """
+
+    def __init__(self, unit: str, phase: DeployPhase, done: tuple[DeployOutcome, ...] = ()) -> None:
+        super().__init__(unit, phase)
+        self.unit = unit
+        self.phase = phase
+        self.done = done
+
+    def __str__(self) -> str:
+        if not self.unit:
+            return "interrupted before anything was changed"
+        if self.phase == "recorded":
+            return (
+                f"interrupted while starting {self.unit}: its desired state is recorded in etcd; "
+                "run deploy again (or reconcile) to finish"
+            )
+        if self.phase == "recording":
+            return f"interrupted while recording {self.unit} in etcd (no node was touched); run deploy again"
+        return f"interrupted before {self.unit} was recorded; nothing was changed for it"
+
+
+class _Progress:
+    """Where a deploy is, for the interrupt report (mutable on purpose: updated as the deploy advances)."""
+
+    __slots__ = ("phase", "unit")
+
+    def __init__(self) -> None:
+        self.unit = ""
+        self.phase: DeployPhase = "preparing"
+
+
 def deploy(
     cluster: Cluster,
     units: Sequence[UnitFile],
@@ -538,19 +825,38 @@ def deploy(
     specs: Mapping[str, NodeSpec] | None = None,
     facts: Mapping[str, NodeFacts] | None = None,
     timeout: float = 30.0,
+    settle: float | None = None,
 ) -> tuple[DeployOutcome, ...]:
-    """Deploy units (in order): place, record the desired state in etcd (CAS), install, start, wait.
+    """Deploy units (in order): place, record the desired state in etcd (CAS), install, start, wait, settle.
 
-    A unit whose record already holds identical content and is launched is left alone (``unchanged``).
-    A node that fails is reported in its :class:`NodeOutcome`; the record keeps naming it, so
-    :func:`reconcile` can retry or move the unit.
+    The record is written before any node is touched, so an interrupted deploy never leaves a unit running
+    (or installed) without a record. A unit must stay active ``settle`` seconds (default
+    :data:`SETTLE_SECONDS`) to count as launched. A unit whose record already holds identical content is
+    ``unchanged`` when it runs on its target(s); where it does not (an earlier deploy was interrupted, or
+    it failed), it is started again. A node that fails is reported in its :class:`NodeOutcome`; the record
+    keeps naming it, so :func:`reconcile` can retry or move the unit.
+
+    Ctrl-C raises :class:`DeployInterrupted` after telling in-flight node work to stop at its next step.
     """
     for u in units:  # validate everything before any change
         file_name(u.name or "")
     constraints = {u.name or "": XFleet.from_unit(u) for u in units}
-    facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
-    store = store if store is not None else etcd_store(cluster, facts)
-    return tuple(_deploy_one(cluster, u, constraints[u.name or ""], store, facts, timeout) for u in units)
+    settle = SETTLE_SECONDS if settle is None else max(0.0, settle)
+    progress = _Progress()
+    cancel = threading.Event()
+    done: list[DeployOutcome] = []
+    try:
+        facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
+        store = store if store is not None else etcd_store(cluster, facts)
+        for u in units:
+            progress.unit, progress.phase = u.name or "", "preparing"
+            done.append(
+                _deploy_one(cluster, u, constraints[u.name or ""], store, facts, timeout, settle, progress, cancel)
+            )
+    except KeyboardInterrupt:
+        cancel.set()  # workers still on a node stop at their next step; the caller's cluster.close() waits
+        raise DeployInterrupted(progress.unit, progress.phase, tuple(done)) from None
+    return tuple(done)
 
 
 def _deploy_one(
@@ -560,6 +866,9 @@ def _deploy_one(
     store: DesiredStateStore,
     facts: Mapping[str, NodeFacts],
     timeout: float,
+    settle: float,
+    progress: _Progress,
+    cancel: threading.Event,
 ) -> DeployOutcome:
     name = unit.name
     if not name:
@@ -567,20 +876,16 @@ def _deploy_one(
     records = store.list()
     current = next((r for r in records if r.name == name), None)
     if current is not None and current.hash == unit.hash and current.desired_state == "launched" and current.targets:
-        return DeployOutcome(
-            name,
-            unit.hash,
-            "unchanged",
-            tuple(NodeOutcome(n, _ip(facts, n), True) for n in current.targets),
-            detail="identical content is already deployed",
-            warnings=xf.warnings,
-        )
+        progress.phase = "recorded"
+        return _finish(cluster, current, xf, facts, timeout, settle, cancel)
     targets = _choose_targets(name, xf, records, current, facts)
     record = UnitRecord.new(unit, "launched", targets, updated_by=_who(), updated_at=_now())
     if current is not None:
         record = replace(record, generation=current.generation + 1)
+    progress.phase = "recording"
     stored = store.put(record, expected_revision=current.revision if current else 0)
     if stored is None:
+        progress.phase = "preparing"
         # Someone else wrote this unit since we read it: they won. Identical content means the same intent.
         winner = store.get(name)
         if winner is not None and winner.hash == unit.hash and winner.desired_state == "launched":
@@ -593,12 +898,15 @@ def _deploy_one(
                 warnings=xf.warnings,
             )
         raise EtcdError(f"{name}: another client changed its record while deploying; nothing was done, run it again")
+    progress.phase = "recorded"
     updating = current is not None and current.hash != unit.hash
     old = set(current.targets) if current else set()
     # Units leaving a node (update moved it) are stopped there first so it never runs twice.
     gone = [n for n in sorted(old - set(targets)) if facts.get(n) and facts[n].reachable]
     removed = _remove_on(cluster, name, gone, records)
-    outcomes = list(_launch_many(cluster, stored, targets, facts, restart=updating, timeout=timeout))
+    outcomes = list(
+        _launch_many(cluster, stored, targets, facts, restart=updating, timeout=timeout, settle=settle, cancel=cancel)
+    )
     outcomes += [_fail_outcome(n, facts, f"remove failed: {e}") for n, e in removed.items() if e is not None]
     status: DeployStatus = "updated" if updating else "launched"
     if not any(o.ok for o in outcomes):
@@ -610,6 +918,76 @@ def _deploy_one(
         moved = [str(a.action) for a in result.actions if a.ok]
         detail = "replaced: " + ("; ".join(moved) if moved else ", ".join(displaced))
     return DeployOutcome(name, unit.hash, status, tuple(outcomes), detail, xf.warnings)
+
+
+def _finish(
+    cluster: Cluster,
+    record: UnitRecord,
+    xf: XFleet,
+    facts: Mapping[str, NodeFacts],
+    timeout: float,
+    settle: float,
+    cancel: threading.Event,
+) -> DeployOutcome:
+    """Identical content is already recorded: ``unchanged`` where it runs, started again where it does not.
+
+    A target where the unit is missing or stopped may belong to a deploy of the same content that is
+    starting it right now (it wrote the record a moment ago), so that is given a short grace before this
+    one starts it too; a failed unit is started again at once.
+    """
+    name = record.name
+    live = [t for t in record.targets if facts.get(t) and facts[t].reachable]
+    results = cluster.map(lambda r: _finish_on(r, record, timeout, settle, cancel), live)
+    outcomes: list[NodeOutcome] = []
+    started: list[str] = []
+    for node, res in results.items():
+        if isinstance(res, CoreosLabError):
+            outcomes.append(_fail_outcome(node, facts, _one_line(str(res))))
+            continue
+        launched, launch = res
+        if launched:
+            started.append(node)
+        outcomes += _outcomes(record, {node: launch}, facts)
+    for t in record.targets:
+        if t not in live:
+            why = facts[t].error if t in facts else "not in this cluster"
+            outcomes.append(_fail_outcome(t, facts, f"{t} is unreachable ({why}); run reconcile to move {name}"))
+    if not started:
+        ok = all(o.ok for o in outcomes)
+        return DeployOutcome(
+            name,
+            record.hash,
+            "unchanged" if ok else "failed",
+            tuple(outcomes),
+            detail="identical content is already deployed",
+            warnings=xf.warnings,
+        )
+    status: DeployStatus = "launched" if any(o.ok for o in outcomes) else "failed"
+    detail = f"identical content was recorded but not running on {', '.join(started)}: started it"
+    return DeployOutcome(name, record.hash, status, tuple(outcomes), detail, xf.warnings)
+
+
+def _finish_on(
+    runner: Runner, record: UnitRecord, timeout: float, settle: float, cancel: threading.Event
+) -> tuple[bool, _Launch]:
+    """(whether this call started the unit, its result) on one target of an identical record."""
+    name = record.name
+    state = _liveness(runner, name)
+    deadline = time.monotonic() + min(_GRACE_SECONDS, timeout)
+    while state.active_state in ("", "inactive") and time.monotonic() < deadline:
+        _pause(cancel, 0.3)
+        _checkpoint(cancel, runner.host)
+        state = _liveness(runner, name)
+    if state.active_state in ("active", "reloading"):
+        return False, _Launch(state)
+    if state.active_state in ("activating", "deactivating"):
+        # Someone's start (or a restart) is under way: wait for its result instead of starting another.
+        state = _wait_up(runner, name, timeout, cancel, None)
+        if state.active_state == "active":
+            return False, _Launch(state)
+        if state.active_state == "failed":
+            return False, _Launch(state, f"{name} is {state.summary}", journal_tail(runner, name))
+    return True, _launch_on(runner, record, restart=False, timeout=timeout, settle=settle, cancel=cancel)
 
 
 def _displaced(name: str, xf: XFleet, records: Sequence[UnitRecord], targets: Sequence[str]) -> list[str]:

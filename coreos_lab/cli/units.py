@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from coreos_lab.fleet import FleetClient
 
 WAIT_OPTION = typer.Option(60.0, "--timeout", "-t", help="Seconds to wait for each unit to become active.", min=0.1)
+SETTLE_OPTION = typer.Option(
+    1.0,
+    "--settle",
+    help="Seconds a freshly started unit must stay active (no exit, no restart) to count as launched; 0: no check.",
+    min=0.0,
+)
 FULL_OPTION = typer.Option(False, "--full", "-l", help="Do not shorten hashes.")
 NO_LEGEND_OPTION = typer.Option(False, "--no-legend", help="Do not print the column headers.")
 UNIT_ARG = typer.Argument(..., help="Unit name, e.g. myapp.service.")
@@ -151,6 +157,7 @@ def _read_units(paths: list[Path]) -> list[Any]:
 def deploy_cmd(
     unit_files: list[Path] = UNIT_FILES_ARG,
     timeout: float = WAIT_OPTION,
+    settle: float = SETTLE_OPTION,
     as_json: bool = JSON_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
@@ -163,12 +170,20 @@ def deploy_cmd(
     from coreos_lab import deploy as dep
 
     units = _read_units(unit_files)  # every file is checked before any node is touched
-    with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
-        if t.fleet is not None:
-            outcomes = dep.fleet_deploy(t.fleet, units, timeout=timeout)
-        else:
-            outcomes = dep.deploy(t.nodes, units, facts=t.facts, timeout=timeout)
-        on_fleet = t.fleet is not None
+    try:
+        with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+            if t.fleet is not None:
+                outcomes = dep.fleet_deploy(t.fleet, units, timeout=timeout)
+            else:
+                outcomes = dep.deploy(t.nodes, units, facts=t.facts, timeout=timeout, settle=settle)
+            on_fleet = t.fleet is not None
+    except dep.DeployInterrupted as exc:
+        # Reached after the nodes were closed (in-flight node steps have stopped): say where it stopped.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted before anything was changed", err=True)
+        raise typer.Exit(130) from None
     if as_json:
         emit_json([o.to_json() for o in outcomes])
     else:
@@ -185,6 +200,8 @@ def deploy_cmd(
                     typer.echo(f"Unit {o.unit} {verb} on {_where(n, on_fleet)}")
                 else:
                     typer.echo(f"error: Unit {o.unit} failed on {_where(n, on_fleet)}: {n.error}", err=True)
+                    for line in n.journal:
+                        typer.echo(f"  {line}", err=True)
             if o.detail:
                 typer.echo(f"Unit {o.unit}: {o.detail}")
     if not all(o.ok for o in outcomes):
