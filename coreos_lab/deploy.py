@@ -55,7 +55,7 @@ _SEP: Final = "@@coreos-lab@@"
 # bash, dash, busybox): on a software-emulated VM every process the login shell starts costs ~200 ms, and the
 # cat/cat/hostname/hostname -I of a naive probe tripled its time (0.76 s vs 0.21 s for `true`, 3-VM lab).
 # `hostname -I` runs only when some node's address is known neither from the lab nor from its SSH host.
-_READ_FN: Final = "r() { while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < \"$1\"; } 2>/dev/null"
+_READ_FN: Final = 'r() { while IFS= read -r l || [ -n "$l" ]; do printf \'%s\\n\' "$l"; done < "$1"; } 2>/dev/null'
 _PROBE: Final = (
     f"{_READ_FN}; r /etc/machine-id; echo {_SEP}; r {METADATA_PATH}; echo {_SEP}; "
     f"r /proc/sys/kernel/hostname; echo {_SEP}; {{addresses}}echo {_SEP}; "
@@ -66,6 +66,8 @@ _PROBE: Final = (
 def probe_command(addresses: bool) -> str:
     """The probe's shell line; ``addresses`` adds ``hostname -I`` (the only command it may start)."""
     return _PROBE.replace("{addresses}", "hostname -I 2>/dev/null || true; " if addresses else "")
+
+
 _ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")
 
 
@@ -742,7 +744,27 @@ def _launch_many(
     results = cluster.map(
         lambda r: _launch_on(r, record, restart=restart, timeout=timeout, settle=settle, cancel=cancel), list(nodes)
     )
+    broken = [n for n, res in results.items() if isinstance(res, CoreosLabError)]
+    if broken and not (cancel is not None and cancel.is_set()):
+        # A node that fails mid-deploy may be going away (powered off, rebooting): say so rather than only
+        # quoting whichever command happened to break.
+        for node, why in cluster.map(_node_gone, broken).items():
+            if isinstance(why, str):
+                results[node] = CoreosLabError(f"{why} during the deploy ({_one_line(str(results[node]))})")
     return tuple(_outcomes(record, results, facts))
+
+
+def _node_gone(runner: Runner) -> str | None:
+    """Why a node that just failed a step cannot be used now (unreachable / shutting down), or None."""
+    try:
+        res = runner.run(["systemctl", "is-system-running"], timeout=5)
+    except CoreosLabError:
+        return f"{runner.host} became unreachable"
+    said = res.stdout.strip() or _one_line(res.stderr)[:120]
+    if said in ("running", "degraded", "starting", "initializing", "maintenance"):
+        return None
+    # "stopping", or no answer from systemd at all ("Failed to connect to bus"): the node is going down.
+    return f"{runner.host} is going down (systemd: {said or 'no answer'})"
 
 
 def _remove_on(

@@ -170,8 +170,10 @@ def deploy_cmd(
     from coreos_lab import deploy as dep
 
     units = _read_units(unit_files)  # every file is checked before any node is touched
+    deploying = False
     try:
         with _target(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as t:
+            deploying = True
             if t.fleet is not None:
                 outcomes = dep.fleet_deploy(t.fleet, units, timeout=timeout)
             else:
@@ -182,7 +184,10 @@ def deploy_cmd(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted before anything was changed", err=True)
+        if deploying:  # fleet's deploy, or a second Ctrl-C while the first one's clean-up ran
+            typer.echo("error: interrupted while deploying; run deploy again (or reconcile) to finish", err=True)
+        else:
+            typer.echo("error: interrupted before anything was changed", err=True)
         raise typer.Exit(130) from None
     if as_json:
         emit_json([o.to_json() for o in outcomes])

@@ -251,10 +251,12 @@ def test_a_unit_that_dies_right_after_start_is_reported_failed(
     [target] = records(rig)["dies.service"]
     ip = next(n.address for n in rig.nodes if n.name == target)
     lines = result.stderr.splitlines()
-    assert lines[0] == (
-        f"error: Unit dies.service failed on {target} ({ip}): dies.service did not stay active: "
-        f"failed/failed (result exit-code, status 3) on {target}"
-    )
+    # Seen active, then failed during the settle pause; on a busy host the first poll may already see it failed.
+    prefix = f"error: Unit dies.service failed on {target} ({ip}): dies.service "
+    assert lines[0] in (
+        f"{prefix}did not stay active: failed/failed (result exit-code, status 3) on {target}",
+        f"{prefix}is failed/failed (result exit-code, status 3) on {target}",
+    ), lines[0]
     journal = lines[1:]
     assert journal
     assert all(line.startswith("  ") for line in journal)
@@ -272,7 +274,7 @@ def test_a_unit_that_dies_right_after_start_is_reported_failed(
     assert blind.returncode == 0, blind.stderr
     assert re.fullmatch(r"Unit dies\.service launched on core-\d\d \(10\.213\.0\.\d+\)\n", blind.stdout)
     assert cli(inventory, "undeploy", "dies.service").returncode == 0
-    print(f"\ndeploy of a unit that dies after 0.3 s: reported failed in {took:.2f}s (settle 1 s)")
+    print(f"\ndeploy of a unit that dies after 0.3 s: reported failed in {took:.2f}s (settle 1 s):\n{result.stderr}")
 
 
 def test_a_unit_that_keeps_restarting_is_reported_failed(rig: DeployRig, inventory: Path, units_dir: Path) -> None:
@@ -312,8 +314,13 @@ def test_node_powered_off_during_deploy(rig: DeployRig, inventory: Path, units_d
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
-    assert errors[0].startswith(f"error: Unit {unit} failed on {victim.name} ({victim.address}): "), err
+    assert re.match(
+        rf"error: Unit {re.escape(unit)} failed on {victim.name} \({re.escape(victim.address)}\): "
+        rf"{victim.name} (became unreachable|is going down \(systemd: [^)]*\)) during the deploy \(",
+        errors[0],
+    ), err
     assert records(rig) == {unit: (victim.name,)}  # one record, still naming the node: reconcile's input
+    print(f"\n{errors[0]}")
 
     survivors = sorted(n.name for n in live(rig))
     started = time.monotonic()

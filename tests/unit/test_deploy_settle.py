@@ -350,3 +350,50 @@ def test_cli_prints_the_failed_units_journal_and_passes_settle(
 def test_interrupt_report_before_anything_happened() -> None:
     assert str(dep.DeployInterrupted("", "preparing")) == "interrupted before anything was changed"
     assert isinstance(dep.DeployInterrupted("a.service", "recorded"), KeyboardInterrupt)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("deploy", "error: interrupted while deploying; run deploy again (or reconcile) to finish\n"),
+        ("connect", "error: interrupted before anything was changed\n"),
+    ],
+)
+def test_cli_plain_ctrl_c_says_whether_the_deploy_had_begun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, message: str
+) -> None:
+    from contextlib import contextmanager
+
+    from coreos_lab.cli import units as cli_units
+
+    def ctrl_c(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def target(*_: Any) -> Iterator[Any]:
+        if where == "connect":
+            ctrl_c()
+        yield cli_units._Target(Cluster({}), {})
+
+    monkeypatch.setattr(cli_units, "_target", target)
+    monkeypatch.setattr(dep, "deploy", ctrl_c)  # e.g. a second Ctrl-C during the first one's clean-up
+    result = run_cli(tmp_path)
+    assert (result.exit_code, result.stdout, result.stderr) == (130, "", message)
+
+
+def test_a_node_that_breaks_mid_deploy_is_named_as_going_away() -> None:
+    from coreos_lab.errors import SSHError
+
+    assert (
+        dep._node_gone(FakeRunner("n1", {"is-system-running": (1, "stopping\n", "")}))
+        == "n1 is going down (systemd: stopping)"
+    )
+    assert dep._node_gone(FakeRunner("n1", {"is-system-running": (0, "running\n", "")})) is None
+
+    class Gone(FakeRunner):
+        def run(self, cmd: Any, **kw: Any) -> Any:
+            raise SSHError(f"{self.name}: connection lost")
+
+    assert dep._node_gone(Gone("n2")) == "n2 became unreachable"
+    no_bus = FakeRunner("n3", {"is-system-running": (1, "", "Failed to connect to bus: Broken pipe\n")})
+    assert dep._node_gone(no_bus) == "n3 is going down (systemd: Failed to connect to bus: Broken pipe)"
