@@ -7,7 +7,12 @@ something :func:`reconcile` can finish:
 2. decide (:mod:`coreos_lab.scheduler`, pure);
 3. write the desired state to etcd with compare-and-swap (:class:`EtcdKV` under :class:`~coreos_lab.state.RecordStore`),
    so of two concurrent deploys of one unit exactly one wins;
-4. act on the nodes (:class:`~coreos_lab.systemd.SystemdClient`), reporting each node's outcome.
+4. act on the nodes (:class:`~coreos_lab.systemd.SystemdClient`), reporting each node's outcome: install
+   atomically, ``start --no-block``, poll until the new run has a result, then watch it for a few seconds
+   (:func:`settle_verdict`) so a unit that dies right away is reported failed with its last journal lines.
+
+Ctrl-C (:class:`DeployInterrupted`) stops node-side work at its next step; since the record came first, no
+unit is ever left on a node without one, and deploying again (or :func:`reconcile`) finishes the job.
 
 Functions here take a :class:`~coreos_lab.cluster.Cluster` and return frozen result dataclasses; they never print.
 """
