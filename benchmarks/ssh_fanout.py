@@ -4,7 +4,8 @@ Starts N throwaway sshd endpoints on 127.0.0.1 (Debian's /usr/sbin/sshd, needs r
 side by side in one run:
 
 1. fan-out: ``Cluster.run_all`` over open connections to 30 vs 1 endpoints (target ratio <= 3), and the
-   same from cold (handshakes included);
+   same from cold (handshakes included); plus where the CPU goes (this process vs the sshd endpoints and the
+   shells they start), since on loopback all 30 "nodes" run on the client's own cores;
 2. one command per fresh connection vs commands over one reused connection;
 3. ``coreos-lab exec`` on 3 nodes: mux warm vs ``--no-persist`` vs the open-connection floor (in-process,
    connections already open) vs a plain ``ssh`` loop, plus the CLI's own start-up time.
@@ -52,6 +53,40 @@ def median_time(fn: Callable[[], object], iterations: int) -> float:
     if os.environ.get("BENCH_VERBOSE"):
         print("  " + " ".join(f"{t * 1000:.1f}" for t in times), file=sys.stderr)
     return statistics.median(times)
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system, including reaped children) of ``roots`` and all their live descendants.
+
+    For the sshd endpoints: the listener, each connection's privilege-separated pair, and (via the
+    children times they reaped) every shell a command started. Linux /proc only.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo = list(roots)
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # exited meanwhile: its time moved to its parent's cutime
+    return total / ticks
+
+
+def cpu_per_call(fn: Callable[[], object], roots: list[int], calls: int) -> tuple[float, float]:
+    """(this process' CPU, the endpoints' CPU) per call of ``fn``, averaged over ``calls`` calls."""
+    node0, client0 = tree_cpu_seconds(roots), time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - client0) / calls, (tree_cpu_seconds(roots) - node0) / calls
 
 
 def check_all_ok(out: dict[str, object]) -> None:
@@ -156,6 +191,12 @@ def main() -> int:
             # A command with node-side latency, as real node commands have (systemctl, etcdctl): 100 ms.
             work_n = median_time(lambda: check_all_ok(dict(many.run_all("sleep 0.1"))), max(3, iters // 2))
             work_1 = median_time(lambda: check_all_ok(dict(one.run_all("sleep 0.1"))), max(3, iters // 2))
+            # Where the time goes: on loopback the 30 "nodes" share this machine's cores with the client, so
+            # their per-command work (sshd's session fork, the shell) is serialized here; real nodes each
+            # spend it on their own CPU.
+            roots_n = [srv.pid for srv in servers]
+            client_n, node_n = cpu_per_call(lambda: check_all_ok(dict(many.run_all("true"))), roots_n, 4 * iters)
+            client_1, node_1 = cpu_per_call(lambda: check_all_ok(dict(one.run_all("true"))), roots_n[:1], 4 * iters)
             many.close()
             one.close()
             rows += [
@@ -231,7 +272,14 @@ def main() -> int:
     print()
     print(f"fan-out ratio time({n})/time(1), open connections:  {warm_n / warm_1:6.2f}   (target <= 3)")
     print(f"  same, 100 ms of node-side work per command:      {work_n / work_1:6.2f}   (target <= 3)")
+    cores = len(os.sched_getaffinity(0))
+    bound_n = (client_n + node_n) / cores
     print(f"fan-out ratio time({n})/time(1), cold:              {cold_n / cold_1:6.2f}")
+    print(f"CPU per fan-out of 'true': client | endpoints (sshd + shells), {cores} cores shared by both:")
+    print(f"  {n:2d} endpoints: {client_n * 1000:6.1f} ms | {node_n * 1000:6.1f} ms")
+    print(f"   1 endpoint:  {client_1 * 1000:6.1f} ms | {node_1 * 1000:6.1f} ms")
+    print(f"  CPU-bound minimum for {n} endpoints here: {bound_n * 1000:.1f} ms: ratio >= {bound_n / warm_1:.1f}")
+    print(f"  with the endpoints' CPU on their own machines (client CPU only): ratio >= {client_n / warm_1:.1f}")
     print(f"fresh connection / reused connection per command:  {fresh_t / reused_t:6.2f}")
     print(f"CLI mux warm / open-connection floor:               {warm / floor:6.2f}   (target <= 2 on the VM rig)")
     print(f"CLI mux warm minus start-up / floor:                {max(warm - startup, 0.0) / floor:6.2f}")

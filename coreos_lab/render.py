@@ -17,7 +17,7 @@ import ipaddress
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -28,6 +28,7 @@ from coreos_lab import config as config_mod
 from coreos_lab import discovery, tls
 from coreos_lab.config import CONFIG_NAME, VBOX_ALLOWED, LabConfig, NodeSpec
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
+from coreos_lab.fsutil import deferred_interrupt
 
 HEADER: Final = f"Generated from {CONFIG_NAME} by `coreos-lab render`: edit {CONFIG_NAME} and re-render, not this file."
 USER_DATA_DIR: Final = "user-data"
@@ -338,8 +339,14 @@ def _stage(target: Path, item: RenderedFile) -> Path:
     return Path(tmp)
 
 
-def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path, ...]:
-    """Write ``files`` under ``lab_dir``: stage all, then rename all; on error undo this run's creations."""
+def write_lab_files(
+    lab_dir: Path, files: Sequence[RenderedFile], interrupted: Callable[[], bool] = lambda: False
+) -> tuple[Path, ...]:
+    """Write ``files`` under ``lab_dir``: stage all, then rename all; on error undo this run's creations.
+
+    ``interrupted`` (from :func:`coreos_lab.fsutil.deferred_interrupt`) is asked while staging: a Ctrl-C
+    then undoes everything. The renames are not interrupted: they finish, and the caller's block raises.
+    """
     created_dirs: list[Path] = []
     staged: list[tuple[Path, Path]] = []
     placed: list[Path] = []
@@ -348,8 +355,12 @@ def write_lab_files(lab_dir: Path, files: Sequence[RenderedFile]) -> tuple[Path,
         targets = [_lab_path(lab_dir, f.path) for f in files]
         existed = {t: t.exists() for t in targets}
         for target, item in zip(targets, files, strict=True):
+            if interrupted():
+                raise KeyboardInterrupt
             _make_dirs(target.parent, created_dirs, lab_dir / tls.TLS_DIR)
             staged.append((_stage(target, item), target))
+        if interrupted():
+            raise KeyboardInterrupt
         for tmp, target in staged:
             os.replace(tmp, target)
             placed.append(target)
@@ -409,12 +420,15 @@ def existing_lab_files(lab_dir: Path) -> list[Path]:
 
 
 def _write(lab_dir: Path, cfg: LabConfig, files: Sequence[RenderedFile]) -> WriteResult:
-    written = write_lab_files(lab_dir, files)
-    removed = []
-    for path in _stale_user_data(lab_dir, [f.path for f in files if f.path.startswith(f"{USER_DATA_DIR}/")]):
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
+    """Write the lab with Ctrl-C held back (:func:`~coreos_lab.fsutil.deferred_interrupt`): all or nothing."""
+    with deferred_interrupt() as interrupted:
+        written = write_lab_files(lab_dir, files, interrupted)
+        removed = []
+        for path in _stale_user_data(lab_dir, [f.path for f in files if f.path.startswith(f"{USER_DATA_DIR}/")]):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+        tls.tighten(lab_dir)
     return WriteResult(lab_dir, cfg, written, tuple(removed), tuple(lab_warnings(cfg)))
 
 
@@ -448,9 +462,7 @@ def init_lab(
     cfg = discovery.resolve(draft, service=discovery_service, endpoint=discovery_endpoint, policy=policy)
     material = tls.generate(cfg) if cfg.tls else None
     files = (render_toml(cfg), *render_lab(cfg, material), *_tls_files(material))
-    result = _write(lab_dir, cfg, files)
-    tls.tighten(lab_dir)
-    return result
+    return _write(lab_dir, cfg, files)
 
 
 def render_existing(lab_dir: Path) -> WriteResult:
@@ -461,7 +473,6 @@ def render_existing(lab_dir: Path) -> WriteResult:
     material = tls.load(lab_dir, cfg) if cfg.tls else None
     files = (*render_lab(cfg, material), *_tls_files(material, only_issued=True))
     result = _write(lab_dir, cfg, files)
-    tls.tighten(lab_dir)
     if material is not None and material.issued:
         what = ["a new lab CA" if "ca" in material.issued else ""]
         what += [f"certificates for {n}" for n in material.issued if n != "ca"]

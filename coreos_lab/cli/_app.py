@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -17,8 +18,24 @@ from coreos_lab.errors import CoreosLabError
 log = logging.getLogger("coreos_lab")
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past typer (which would turn a KeyboardInterrupt into a silent 130)."""
+
+
 class LabGroup(TyperGroup):
     """Runs the command; maps CoreosLabError, usage errors and Ctrl-C to one line + exit code."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
     def main(  # type: ignore[override]
         self,
@@ -40,7 +57,7 @@ class LabGroup(TyperGroup):
             _fail(f"error: {' '.join(exc.format_message().split())}", 2)
         except click.ClickException as exc:
             _fail(f"error: {' '.join(exc.format_message().split())}", exc.exit_code or 1)
-        except (click.exceptions.Abort, KeyboardInterrupt):
+        except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
             _fail("error: interrupted", 130)
         except BrokenPipeError:
             sys.exit(0)
@@ -92,5 +109,12 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (Ctrl-C while typer builds the command tree ends like any other)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _fail("error: interrupted", 130)
+    finally:
+        # On the way out (the outcome is decided): a late Ctrl-C must not turn it into a traceback from
+        # the interpreter's shutdown, or a finished run into "killed by SIGINT".
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

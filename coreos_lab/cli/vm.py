@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 ETCDCTL: Final = "etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s --dial-timeout=3s"
 
 
-# A TLS lab: https plus the client certificate; its key on the node is etcd:etcd 0600, hence sudo
+# A TLS lab: https plus the client certificate; its key on the node is root's (0600), hence sudo
 # (-n: never wait for a password prompt, a node that wants one fails the probe instead of hanging).
 def etcdctl_tls() -> str:
     from coreos_lab.tls import NODE_ETCDCTL_FLAGS  # cryptography loads only for TLS labs, not at CLI start-up
