@@ -289,7 +289,8 @@ def test_tls_lab(rig: Rig, lab_root: Path) -> None:
         etcd = report["etcd"]
         assert (etcd["tls"], etcd["healthy"], etcd["healthy_members"], etcd["member_count"]) == (True, True, 3, 3)
         coreos_lab(rig, "etcd", "put", "/e2e/tls", "over-https", cwd=lab, timeout=300)
-        assert coreos_lab(rig, "etcd", "get", "/e2e/tls", cwd=lab, timeout=300).stdout.strip().endswith("over-https")
+        got = json.loads(coreos_lab(rig, "etcd", "get", "/e2e/tls", "--json", cwd=lab, timeout=300).stdout)
+        assert [(kv["key"], kv["value"]) for kv in got] == [("/e2e/tls", "over-https")], got
 
         cfg_file = ssh_config(rig, lab)
         for node in cfg.nodes:
@@ -298,8 +299,9 @@ def test_tls_lab(rig: Rig, lab_root: Path) -> None:
                 rig,
                 cfg_file,
                 node.name,
-                f"etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} endpoint health 2>&1; "
-                f"etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} member list -w json",
+                # the client key on the node is root's (0600): sudo, as up's probe does
+                f"sudo -n etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} endpoint health 2>&1; "
+                f"sudo -n etcdctl --endpoints={ep} {NODE_ETCDCTL_FLAGS} member list -w json",
             )
             assert "is healthy" in out.splitlines()[0], out
             members = json.loads("\n".join(out.splitlines()[1:]))["members"]
