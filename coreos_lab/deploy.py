@@ -153,15 +153,38 @@ def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: 
 
 def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -> dict[str, NodeFacts]:
     """Ask every node (in parallel, one command each) who it is; unreachable nodes are reported, not raised."""
+    return probe_nodes_and(cluster, specs)[0]
+
+
+_EXTRA_SEP: Final = "@@coreos-lab-extra@@"
+
+
+def probe_nodes_and(
+    cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None, extra: str | None = None
+) -> tuple[dict[str, NodeFacts], dict[str, str]]:
+    """:func:`probe_nodes`, plus ``extra`` (a shell line) run in the same round trip on every node.
+
+    Returns the facts and ``{node: extra's stdout}`` for the nodes that answered. ``extra`` cannot make a
+    node look down: its exit status is ignored (``|| true``) and its stderr dropped.
+    """
     specs = specs or {}
     targets = cluster.targets
     need_addresses = any(
         not (specs.get(n) and specs[n].ip) and not (n in targets and _usable_ip(targets[n].hostname))
         for n in cluster.names
     )
-    outcomes = cluster.run_all(probe_command(need_addresses), timeout=20)
+    command = probe_command(need_addresses)
+    if extra:
+        command += f"; echo {_EXTRA_SEP}; {{ {extra}; }} 2>/dev/null || true"
+    outcomes = cluster.run_all(command, timeout=20)
     facts: dict[str, NodeFacts] = {}
+    extras: dict[str, str] = {}
     for name, outcome in outcomes.items():
+        if extra and not isinstance(outcome, CoreosLabError):
+            head, sep, tail = outcome.stdout.partition(f"{_EXTRA_SEP}\n")
+            if sep:
+                outcome = replace(outcome, stdout=head)
+                extras[name] = tail
         spec = specs.get(name)
         if isinstance(outcome, CoreosLabError):
             facts[name] = NodeFacts(
@@ -172,7 +195,7 @@ def probe_nodes(cluster: Cluster, specs: Mapping[str, NodeSpec] | None = None) -
         else:
             target = cluster.targets.get(name)
             facts[name] = parse_probe(name, outcome.stdout, spec, target.hostname if target else "")
-    return facts
+    return facts, extras
 
 
 # ---- etcd as the desired-state store ---------------------------------------------------------------------------------

@@ -188,6 +188,12 @@ def _int(value: str) -> int:
         return 0
 
 
+def show_argv(units: Sequence[str]) -> list[str]:
+    """``systemctl show`` of several (validated) units with the properties :func:`parse_show` reads."""
+    names = [validate_unit_name(u) for u in units]
+    return ["systemctl", "show", "--timestamp=unix", "-p", ",".join(SHOW_PROPERTIES), "--", *names]
+
+
 def parse_show(text: str, names: Sequence[str]) -> list[UnitState]:
     """Parse ``systemctl show -p ...`` output for several units: blocks separated by blank lines, in order."""
     blocks: list[dict[str, str]] = []
@@ -278,8 +284,7 @@ class SystemdClient:
         names = [validate_unit_name(u) for u in units]
         if not names:
             return []
-        argv = ["systemctl", "show", "--timestamp=unix", "-p", ",".join(SHOW_PROPERTIES), "--", *names]
-        result = self.runner.run(argv, timeout=self.timeout).check()
+        result = self.runner.run(show_argv(names), timeout=self.timeout).check()
         return parse_show(result.stdout, names)
 
     def is_active(self, unit: str) -> bool:

@@ -157,3 +157,95 @@ def test_vagrant_is_asked_only_about_nodes_ssh_cannot_reach(tmp_path: Path, monk
         report = health.cluster_status(cluster, lab_dir=tmp_path)
     assert asked == [tmp_path]
     assert {n.name: n.vagrant_state for n in report.nodes} == {"core-01": "running", "core-02": "poweroff"}
+
+
+# ---- the speculative unit round: repeated `status` asks each node once ------------------------------------------
+class FakeEtcd:
+    """Just enough of EtcdClient for cluster_health: every member sees the same leader."""
+
+    def __init__(self, member_id: int) -> None:
+        self.member_id = member_id
+
+    def status(self) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(member_id=self.member_id, leader=LEADER, raft_term=2, version="3.4.23")
+
+    def member_list(self) -> list[object]:
+        return [object()]
+
+    def close(self) -> None:
+        pass
+
+
+PROBE = "m\n@@coreos-lab@@\n\n@@coreos-lab@@\ncore-01\n@@coreos-lab@@\n10.1.1.1\n@@coreos-lab@@\n"
+SHOW = "Id=myapp.service\nLoadState=loaded\nActiveState=active\nSubState=running\nMainPID=42\n"
+
+
+@pytest.fixture
+def one_node_with_myapp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRunner:
+    from coreos_lab.state import InMemoryKV, RecordStore, UnitRecord
+    from coreos_lab.unitfile import UnitFile
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    kv = InMemoryKV()
+    unit = UnitFile.parse("[Service]\nExecStart=/bin/sleep infinity\n", name="myapp.service")
+    RecordStore(kv).put(UnitRecord.new(unit, "launched", ("core-01",)), expected_revision=0)
+    monkeypatch.setattr(health, "_etcd_probe", lambda cluster, name, timeout: FakeEtcd(0xA1))
+    monkeypatch.setattr(health, "EtcdKV", lambda client: kv)
+    # the probe (with or without a speculative `systemctl show` appended), then a plain `systemctl show`
+    return FakeRunner(
+        "core-01",
+        {
+            r"@@coreos-lab-extra@@": PROBE + "@@coreos-lab-extra@@\n" + SHOW,
+            r"@@coreos-lab@@": PROBE,
+            r"^systemctl show": SHOW,
+        },
+    )
+
+
+def run_status(runner: FakeRunner, config: str = "Host core-01\n  HostName 10.1.1.1\n") -> health.ClusterStatus:
+    with Cluster({"core-01": runner}, config_text=config) as cluster:
+        return health.cluster_status(cluster)
+
+
+def test_second_status_gets_unit_states_from_the_probe_itself(one_node_with_myapp: FakeRunner) -> None:
+    runner = one_node_with_myapp
+    first = run_status(runner)
+    assert len(runner.calls) == 2  # probe, then systemctl show (nothing cached yet)
+    assert "@@coreos-lab-extra@@" not in runner.calls[0]
+    runner.calls.clear()
+    second = run_status(runner)
+    assert len(runner.calls) == 1, runner.calls  # one command: the probe carries the show
+    assert "systemctl show" in runner.calls[0]
+    assert "myapp.service" in runner.calls[0]
+    assert [(u.unit, u.active_state, u.in_desired_state) for u in second.units] == [("myapp.service", "active", True)]
+    assert [u.to_json() for u in first.units] == [u.to_json() for u in second.units]
+    assert second.exit_code == 0
+
+
+def test_a_garbled_speculative_answer_is_asked_again(one_node_with_myapp: FakeRunner) -> None:
+    runner = one_node_with_myapp
+    run_status(runner)
+    runner.answers[r"@@coreos-lab-extra@@"] = PROBE + "@@coreos-lab-extra@@\n"  # no show block
+    runner.calls.clear()
+    report = run_status(runner)
+    assert len(runner.calls) == 2  # the speculative answer had no block: plain systemctl show
+    assert [(u.unit, u.active_state) for u in report.units] == [("myapp.service", "active")]
+
+
+@pytest.mark.parametrize(
+    "content", ['{"not": "a list"}', "[1, 2]", '["$(reboot).service", "a b.service"]', "not json", ""]
+)
+def test_a_hostile_or_broken_cache_is_ignored(one_node_with_myapp: FakeRunner, tmp_path: Path, content: str) -> None:
+    runner = one_node_with_myapp
+    run_status(runner)
+    caches = list((tmp_path / "coreos-lab").glob("units-*.json"))
+    assert len(caches) == 1
+    assert caches[0].stat().st_mode & 0o077 == 0
+    caches[0].write_text(content)
+    runner.calls.clear()
+    report = run_status(runner)
+    assert "reboot" not in " ".join(runner.calls)
+    assert [(u.unit, u.active_state) for u in report.units] == [("myapp.service", "active")]
+    assert len(runner.calls) == 2  # nothing usable cached: probe, then the ordinary show
