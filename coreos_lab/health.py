@@ -158,8 +158,8 @@ def vagrant_states(lab_dir: Path | None) -> dict[str, str] | None:
         return {}
 
 
-def _etcd_probe(cluster: Cluster, name: str, timeout: float) -> EtcdClient:
-    return cluster.etcd_client(name, ETCD_PORT, timeout=timeout)
+def _etcd_probe(cluster: Cluster, name: str, timeout: float, port: int = ETCD_PORT) -> EtcdClient:
+    return cluster.etcd_client(name, port, timeout=timeout)
 
 
 def etcd_summary(health: ClusterHealth, expected: int, unreachable: Sequence[str] = ()) -> EtcdStatus:
@@ -239,7 +239,7 @@ def _guessed_states(guess: Sequence[str], extras: Mapping[str, str]) -> dict[str
     return states
 
 
-def _etcd_side(cluster: Cluster, timeout: float, guess: Sequence[str] = ()) -> _EtcdSide:
+def _etcd_side(cluster: Cluster, timeout: float, guess: Sequence[str] = (), port: int = ETCD_PORT) -> _EtcdSide:
     """etcd health and the desired state, then systemd's view of those units on every node.
 
     It does not wait for the node probe: a node that is down fails here on its own (bounded by the SSH
@@ -252,7 +252,7 @@ def _etcd_side(cluster: Cluster, timeout: float, guess: Sequence[str] = ()) -> _
     clients: dict[str, EtcdClient] = {}
     for name in cluster.names:
         try:
-            clients[name] = _etcd_probe(cluster, name, timeout)
+            clients[name] = _etcd_probe(cluster, name, timeout, port)
         except CoreosLabError:
             continue
     health = cluster_health(clients) if clients else ClusterHealth((), 0, len(cluster.names))
@@ -280,6 +280,7 @@ def cluster_status(
     lab_dir: Path | None = None,
     specs: Mapping[str, NodeSpec] | None = None,
     etcd_timeout: float = 3.0,
+    etcd_port: int = ETCD_PORT,
 ) -> ClusterStatus:
     """Check everything once and return the report (never raises for a sick cluster: that is the answer).
 
@@ -298,7 +299,7 @@ def cluster_status(
     guess = _cached_unit_names(cache)
     extra = shlex.join(show_argv(guess)) if guess else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coreos-lab-status") as pool:
-        etcd_future = pool.submit(_etcd_side, cluster, etcd_timeout, guess)
+        etcd_future = pool.submit(_etcd_side, cluster, etcd_timeout, guess, etcd_port)
         facts, extras = probe_nodes_and(cluster, specs, extra)
         side = etcd_future.result()
     if side.records_error is None:

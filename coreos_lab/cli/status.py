@@ -56,6 +56,7 @@ def status(
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
+    port: int = typer.Option(2379, "--port", help="etcd's client port on the nodes (reached via 127.0.0.1 there)."),
 ) -> None:
     """Is my cluster OK? Nodes (Vagrant, SSH, etcd member, leader), etcd quorum, units desired vs actual.
 
@@ -64,55 +65,64 @@ def status(
     """
     from coreos_lab.cli.nodes import open_nodes
     from coreos_lab.cli.units import lab_specs
-    from coreos_lab.health import cluster_status
+    from coreos_lab.mux import remote_status
 
     lab_dir: Path | None = None
     if inventory is None:
         lab_dir = lab if lab is not None else labconfig.find_lab_dir()
+    specs = lab_specs(lab, inventory)
     cluster = open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new)
     try:
-        report = cluster_status(cluster, lab_dir=lab_dir, specs=lab_specs(lab, inventory))
+        # With persistent connections the mux computes it, next to its open connections; else (or if that
+        # mux cannot) right here.
+        first = cluster.runner(cluster.names[0]) if cluster.names else None
+        report = remote_status(first, lab_dir=lab_dir, specs=specs, tls_dir=cluster.etcd_tls_dir, etcd_port=port)
+        if report is None:
+            from coreos_lab.health import cluster_status
+
+            report = cluster_status(cluster, lab_dir=lab_dir, specs=specs, etcd_port=port).to_json()
     finally:
         cluster.close()
+    code = int(report["exit_code"])
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report)
     else:
         yes = {True: "yes", False: "no"}
         emit_table(
             ["NODE", "IP", "VAGRANT", "SSH", "ETCD", "LEADER"],
             [
-                [n.name, n.ip, n.vagrant_state, yes[n.ssh_ok], yes[n.etcd_ok], "*" if n.etcd_leader else None]
-                for n in report.nodes
+                [n["name"], n["ip"], n["vagrant_state"], yes[n["ssh"]], yes[n["etcd"]], "*" if n["leader"] else None]
+                for n in report["nodes"]
             ],
         )
-        e = report.etcd
-        quorum = "has quorum" if e.has_quorum else "NO QUORUM"
-        state = "healthy" if e.healthy else "unhealthy"
+        e = report["etcd"]
+        quorum = "has quorum" if e["has_quorum"] else "NO QUORUM"
+        state = "healthy" if e["healthy"] else "unhealthy"
         typer.echo(
-            f"etcd: {state}, {quorum}, {e.healthy_members}/{e.member_count} members healthy "
-            f"(expected {e.expected_members}), TLS {'on' if e.tls else 'off'}"
+            f"etcd: {state}, {quorum}, {e['healthy_members']}/{e['member_count']} members healthy "
+            f"(expected {e['expected_members']}), TLS {'on' if e['tls'] else 'off'}"
         )
-        if report.units:
+        if report["units"]:
             typer.echo("")
             emit_table(
                 ["UNIT", "MACHINE", "DSTATE", "ACTIVE", "SUB", "OK"],
                 [
                     [
-                        u.unit,
-                        u.machine,
-                        u.desired_state,
-                        u.active_state or ("unknown" if u.error else None),
-                        u.sub_state,
-                        yes[u.in_desired_state],
+                        u["unit"],
+                        u["machine"],
+                        u["desired_state"],
+                        u["active"] or ("unknown" if u["error"] else None),
+                        u["sub"],
+                        yes[u["ok"]],
                     ]
-                    for u in report.units
+                    for u in report["units"]
                 ],
             )
-        for line in report.problems:
+        for line in report["problems"]:
             typer.echo(f"problem: {line}", err=True)
-        typer.echo("cluster OK" if report.exit_code == 0 else f"cluster NOT OK (exit {report.exit_code})")
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+        typer.echo("cluster OK" if code == 0 else f"cluster NOT OK (exit {code})")
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

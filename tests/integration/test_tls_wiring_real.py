@@ -148,14 +148,13 @@ def test_etcd_commands_and_status_over_tls(
     assert code == 0, err
     assert [(kv["key"], kv["value"]) for kv in json.loads(out)] == [(key, "over TLS")]
 
-    # status asks etcd on the node's 2379: the member listens on a free port, so the probe's port follows it.
-    monkeypatch.setattr("coreos_lab.health.ETCD_PORT", m.client_port)
-    code, out, err = _cli("status", "--json", *via_lab)
+    # status asks etcd on the node's 2379 by default: the member listens on a free port here.
+    code, out, err = _cli("status", "--json", "--port", port, *via_lab)
     report = json.loads(out)
     assert report["etcd"]["tls"] is True
     assert report["etcd"]["has_quorum"] is True, (out, err)
     assert [n["etcd"] for n in report["nodes"]] == [True]
-    code, out, err = _cli("status", *via_lab)
+    code, out, err = _cli("status", "--port", port, *via_lab)
     assert "TLS on" in out, (out, err)
     if persist:
         assert any(True for _ in (runtime / "coreos-lab").iterdir()), "the mux was not used"

@@ -334,6 +334,57 @@ def test_status_ok_then_a_failed_unit_is_bit_4(rig: DeployRig, inventory: Path, 
     print(f"\nstatus on a healthy 3-node cluster: {took:.2f}s (CLI process included)")
 
 
+def test_status_computed_by_the_mux_matches_the_in_process_one(
+    rig: DeployRig, inventory: Path, units_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With persistent connections the mux process computes `status`; same answer as `--no-persist`."""
+    import os
+
+    from coreos_lab.cluster import open_cluster
+    from coreos_lab.mux import MuxClient, remote_status
+
+    assert cli(inventory, "deploy", write_unit(units_dir, "muxed.service", SLEEPER)).returncode == 0
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "COREOS_LAB_NO_PERSIST"}
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("COREOS_LAB_NO_PERSIST", raising=False)
+    try:
+        persisted = subprocess.run(
+            [*CLI, "status", "--json", "--inventory", str(inventory)], capture_output=True, text=True, timeout=90
+        )
+        assert persisted.returncode == 0, persisted.stderr
+        cluster = open_cluster(inventory=inventory)
+        try:
+            by_mux = remote_status(cluster.runner(cluster.names[0]), lab_dir=None, specs=None, tls_dir=None)
+        finally:
+            cluster.close()
+        assert by_mux is not None  # the mux answered the status request itself
+        code, in_process = status(inventory)  # --no-persist
+        assert code == 0
+
+        def essence(report: dict[str, object]) -> object:
+            return {k: v for k, v in report.items() if k != "duration"}
+
+        assert essence(json.loads(persisted.stdout)) == essence(in_process) == essence(by_mux)
+        units = {(u["unit"], u["node"], u["ok"]) for u in by_mux["units"]}
+        assert ("muxed.service", units_on(units, "muxed.service"), True) in units
+    finally:
+        client = MuxClient(inventory.read_text())
+        if client.socket_path.exists():
+            pid = int(client.ping()["pid"])
+            client.shutdown()
+            deadline = time.monotonic() + 10
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert cli(inventory, "undeploy", "muxed.service").returncode == 0
+
+
+def units_on(units: set[tuple[str, str, bool]], unit: str) -> str:
+    return next(node for name, node, _ in units if name == unit)
+
+
 def _etcd_healthy(nodes: list[Node], timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -191,7 +191,7 @@ def one_node_with_myapp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Fake
     kv = InMemoryKV()
     unit = UnitFile.parse("[Service]\nExecStart=/bin/sleep infinity\n", name="myapp.service")
     RecordStore(kv).put(UnitRecord.new(unit, "launched", ("core-01",)), expected_revision=0)
-    monkeypatch.setattr(health, "_etcd_probe", lambda cluster, name, timeout: FakeEtcd(0xA1))
+    monkeypatch.setattr(health, "_etcd_probe", lambda cluster, name, timeout, port: FakeEtcd(0xA1))
     monkeypatch.setattr(health, "EtcdKV", lambda client: kv)
     # the probe (with or without a speculative `systemctl show` appended), then a plain `systemctl show`
     return FakeRunner(

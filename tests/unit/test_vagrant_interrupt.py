@@ -31,7 +31,14 @@ print("finished", flush=True)
 """
 
 GRACEFUL = """#!/bin/sh
-trap 'echo int >> "$LOG"; echo "==> core-01: Waiting for cleanup before exiting..."; sleep 0.3; echo cleaned >> "$LOG"; exit 1' INT
+cleanup() {
+    echo int >> "$LOG"
+    echo "==> core-01: Waiting for cleanup before exiting..."
+    sleep 0.3
+    echo cleaned >> "$LOG"
+    exit 1
+}
+trap cleanup INT
 echo "==> core-01: Creating the domain"
 echo started >> "$LOG"
 i=0
