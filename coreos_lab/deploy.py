@@ -513,110 +513,33 @@ def _siblings_on(records: Sequence[UnitRecord], unit: str, node: str) -> bool:
 
 
 # ---- starting a unit and watching it settle --------------------------------------------------------------------------
-# What a start is judged by. InvocationID changes with every start cycle, so a poll can tell the run it asked
-# for from the state a previous run left behind (``start --no-block`` returns before the job has run).
-_LIVE_PROPS: Final = (
-    "LoadState",
-    "ActiveState",
-    "SubState",
-    "Result",
-    "MainPID",
-    "NRestarts",
-    "ExecMainStatus",
-    "InvocationID",
-)
+# A start is judged by systemd's InvocationID (UnitState.invocation_id): it changes with every start cycle,
+# so a poll can tell the run it asked for from the state a previous run left behind (``start --no-block``
+# returns before the job has run).
 SETTLE_SECONDS: Final = 1.0  # how long a freshly active unit must stay up before deploy calls it launched
 JOURNAL_LINES: Final = 10
 _GRACE_SECONDS: Final = 5.0  # an identical record's unit not running yet: a concurrent deploy may be starting it
 
 
-@dataclass(frozen=True, slots=True)
-class Liveness:
-    """What systemd says about a unit being started (``invocation`` None: this systemd does not report one)."""
-
-    unit: str
-    load_state: str = ""
-    active_state: str = ""
-    sub_state: str = ""
-    result: str = ""
-    main_pid: int = 0
-    n_restarts: int = 0
-    exec_main_status: int = 0
-    invocation: str | None = None
-
-    @property
-    def summary(self) -> str:
-        """``failed/failed (result exit-code, status 3)``: the state, and why when systemd says so."""
-        text = f"{self.active_state or '-'}/{self.sub_state or '-'}"
-        why = []
-        if self.result and self.result != "success":
-            why.append(f"result {self.result}")
-        if self.exec_main_status:
-            why.append(f"status {self.exec_main_status}")
-        if self.n_restarts:
-            why.append(f"{self.n_restarts} restart{'s' if self.n_restarts != 1 else ''}")
-        return text + (f" ({', '.join(why)})" if why else "")
-
-    def to_unit_state(self) -> UnitState:
-        return UnitState(
-            self.unit,
-            load_state=self.load_state,
-            active_state=self.active_state,
-            sub_state=self.sub_state,
-            main_pid=self.main_pid,
-            exec_main_status=self.exec_main_status,
-        )
-
-
-def parse_liveness(unit: str, text: str) -> Liveness:
-    """``systemctl show -p ...`` of one unit (``Key=value`` lines; missing or garbled numbers read as 0).
-
-    >>> parse_liveness("a.service", "ActiveState=failed\\nNRestarts=2\\nInvocationID=\\n").summary
-    'failed/- (2 restarts)'
-    """
-    props: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            props[key.strip()] = value.strip()
-
-    def num(key: str) -> int:
-        try:
-            return int(props.get(key, "0") or 0)
-        except ValueError:
-            return 0
-
-    return Liveness(
-        unit,
-        props.get("LoadState", ""),
-        props.get("ActiveState", ""),
-        props.get("SubState", ""),
-        props.get("Result", ""),
-        num("MainPID"),
-        num("NRestarts"),
-        num("ExecMainStatus"),
-        props.get("InvocationID"),
-    )
-
-
-def settle_verdict(first: Liveness, later: Liveness) -> str | None:
+def settle_verdict(first: UnitState, later: UnitState) -> str | None:
     """Whether a unit seen active (``first``) still runs the same way ``later``: None if so, else why not.
 
     A unit counts as failed when it left ``active``, restarted (systemd's restart counter grew, or a new
     invocation or main process replaced the first), i.e. it died right after starting.
 
-    >>> up = Liveness("a.service", "loaded", "active", "running", "success", 100, 0, 0, "i1")
+    >>> up = UnitState("a.service", active_state="active", sub_state="running", main_pid=100, invocation_id="i1")
     >>> settle_verdict(up, up) is None
     True
-    >>> settle_verdict(up, Liveness("a.service", "loaded", "failed", "failed", "exit-code", 0, 0, 3, "i1"))
+    >>> settle_verdict(up, replace(up, active_state="failed", sub_state="failed", result="exit-code",
+    ...                            main_pid=0, exec_main_status=3))
     'a.service did not stay active: failed/failed (result exit-code, status 3)'
     """
-    name = later.unit
+    name = later.name
     if later.active_state != "active":
         return f"{name} did not stay active: {later.summary}"
     if later.n_restarts > first.n_restarts or first.n_restarts > 0:
         return f"{name} keeps restarting: {later.summary}"
-    if first.invocation and later.invocation and later.invocation != first.invocation:
+    if first.invocation_id and later.invocation_id and later.invocation_id != first.invocation_id:
         return f"{name} restarted right after starting: {later.summary}"
     if first.main_pid and later.main_pid and later.main_pid != first.main_pid:
         return f"{name} restarted right after starting (main PID {first.main_pid} -> {later.main_pid})"
@@ -638,10 +561,8 @@ def _pause(cancel: threading.Event | None, seconds: float) -> None:
         cancel.wait(seconds)
 
 
-def _liveness(runner: Runner, unit: str, timeout: float = 30.0) -> Liveness:
-    validate_unit_name(unit)
-    argv = ["systemctl", "show", "-p", ",".join(_LIVE_PROPS), "--", unit]
-    return parse_liveness(unit, runner.run(argv, timeout=timeout).check().stdout)
+def _liveness(runner: Runner, unit: str, timeout: float = 30.0) -> UnitState:
+    return SystemdClient(runner, timeout=timeout).show(unit)
 
 
 def journal_tail(runner: Runner, unit: str, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
@@ -657,16 +578,16 @@ def journal_tail(runner: Runner, unit: str, lines: int = JOURNAL_LINES) -> tuple
     return tuple(line[:300] for line in result.stdout.splitlines() if line.strip() and line != "-- No entries --")
 
 
-def _terminal(state: Liveness, before: Liveness | None) -> bool:
+def _terminal(state: UnitState, before: UnitState | None) -> bool:
     """Whether the start we asked for has come to a result (active, failed, or already ended)."""
-    if before is not None and state.invocation is not None and state.invocation in ("", before.invocation):
+    if before is not None and state.invocation_id is not None and state.invocation_id in ("", before.invocation_id):
         return False  # the job has not begun yet: what we see is the previous run's state
     return state.active_state in ("active", "failed", "inactive")
 
 
 def _wait_up(
-    runner: Runner, unit: str, timeout: float, cancel: threading.Event | None, before: Liveness | None
-) -> Liveness:
+    runner: Runner, unit: str, timeout: float, cancel: threading.Event | None, before: UnitState | None
+) -> UnitState:
     """Poll until the start has a result; CoreosLabError naming the node and the state after ``timeout``."""
     deadline = time.monotonic() + timeout
     interval = 0.1
@@ -683,7 +604,7 @@ def _wait_up(
 
 @dataclass(frozen=True, slots=True)
 class _Launch:
-    state: Liveness
+    state: UnitState
     error: str | None = None
     journal: tuple[str, ...] = ()
 

@@ -48,6 +48,9 @@ SHOW_PROPERTIES = (
     "ActiveEnterTimestamp",
     "FragmentPath",
     "UnitFileState",
+    "Result",
+    "NRestarts",
+    "InvocationID",
 )
 
 
@@ -115,6 +118,22 @@ class UnitState:
     active_enter_timestamp: datetime | None = None
     fragment_path: str = ""
     unit_file_state: str = ""
+    result: str = ""  # why the last run ended: success, exit-code, signal, timeout ...
+    n_restarts: int = 0  # automatic restarts (Restart=) since the last manual start
+    invocation_id: str | None = None  # changes with every start; None: this systemd does not report it
+
+    @property
+    def summary(self) -> str:
+        """``failed/failed (result exit-code, status 3)``: the state, and why when systemd says so."""
+        text = f"{self.active_state or '-'}/{self.sub_state or '-'}"
+        why = []
+        if self.result and self.result != "success":
+            why.append(f"result {self.result}")
+        if self.exec_main_status:
+            why.append(f"status {self.exec_main_status}")
+        if self.n_restarts:
+            why.append(f"{self.n_restarts} restart{'s' if self.n_restarts != 1 else ''}")
+        return text + (f" ({', '.join(why)})" if why else "")
 
     @property
     def is_active(self) -> bool:
@@ -224,6 +243,9 @@ def parse_show(text: str, names: Sequence[str]) -> list[UnitState]:
             active_enter_timestamp=parse_timestamp(block.get("ActiveEnterTimestamp", "")),
             fragment_path=block.get("FragmentPath", ""),
             unit_file_state=block.get("UnitFileState", ""),
+            result=block.get("Result", ""),
+            n_restarts=_int(block.get("NRestarts", "")),
+            invocation_id=block.get("InvocationID"),
         )
         for name, block in zip(names, blocks, strict=True)
     ]

@@ -21,11 +21,31 @@ from coreos_lab import deploy as dep
 from coreos_lab.cluster import Cluster
 from coreos_lab.errors import CoreosLabError
 from coreos_lab.state import InMemoryKV, RecordStore, UnitRecord
+from coreos_lab.systemd import UnitState, parse_show
 from coreos_lab.testing import FakeRunner
 from coreos_lab.unitfile import UnitFile
 
 UNIT = "app.service"
 TEXT = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def live(active: str, sub: str, result: str, pid: int, restarts: int, status: int, inv: str | None) -> UnitState:
+    return UnitState(
+        UNIT,
+        load_state="loaded",
+        active_state=active,
+        sub_state=sub,
+        result=result,
+        main_pid=pid,
+        n_restarts=restarts,
+        exec_main_status=status,
+        invocation_id=inv,
+    )
+
+
+def one(text: str) -> UnitState:
+    """One unit's ``systemctl show`` answer, parsed the way deploy reads it."""
+    return parse_show(text, [UNIT])[0]
 
 
 def state(active: str, sub: str = "", inv: str | None = "i1", pid: int = 0, restarts: int = 0, **kw: Any) -> str:
@@ -91,7 +111,7 @@ def launch(node: ScriptedNode, *, restart: bool = False, settle: float = 0.01, t
 
 
 # ---- the pure decision -----------------------------------------------------------------------------------------
-UP = dep.Liveness(UNIT, "loaded", "active", "running", "success", 100, 0, 0, "i1")
+UP = live("active", "running", "success", 100, 0, 0, "i1")
 
 
 @pytest.mark.parametrize(
@@ -99,53 +119,53 @@ UP = dep.Liveness(UNIT, "loaded", "active", "running", "success", 100, 0, 0, "i1
     [
         (UP, None),
         (
-            dep.Liveness(UNIT, "loaded", "failed", "failed", "exit-code", 0, 0, 3, "i1"),
+            live("failed", "failed", "exit-code", 0, 0, 3, "i1"),
             "app.service did not stay active: failed/failed (result exit-code, status 3)",
         ),
         (
-            dep.Liveness(UNIT, "loaded", "inactive", "dead", "success", 0, 0, 0, "i1"),
+            live("inactive", "dead", "success", 0, 0, 0, "i1"),
             "app.service did not stay active: inactive/dead",
         ),
         (
-            dep.Liveness(UNIT, "loaded", "activating", "auto-restart", "exit-code", 0, 1, 3, "i2"),
+            live("activating", "auto-restart", "exit-code", 0, 1, 3, "i2"),
             "app.service did not stay active: activating/auto-restart (result exit-code, status 3, 1 restart)",
         ),
         (
-            dep.Liveness(UNIT, "loaded", "active", "running", "success", 140, 2, 0, "i3"),
+            live("active", "running", "success", 140, 2, 0, "i3"),
             "app.service keeps restarting: active/running (2 restarts)",
         ),
         (
-            dep.Liveness(UNIT, "loaded", "active", "running", "success", 140, 0, 0, "i2"),
+            live("active", "running", "success", 140, 0, 0, "i2"),
             "app.service restarted right after starting: active/running",
         ),
         (
-            dep.Liveness(UNIT, "loaded", "active", "running", "success", 140, 0, 0, None),
+            live("active", "running", "success", 140, 0, 0, None),
             "app.service restarted right after starting (main PID 100 -> 140)",
         ),
     ],
 )
-def test_settle_verdict(later: dep.Liveness, why: str | None) -> None:
+def test_settle_verdict(later: UnitState, why: str | None) -> None:
     assert dep.settle_verdict(UP, later) == why
 
 
 def test_settle_verdict_a_unit_seen_active_after_restarts_already_failed() -> None:
-    restarted = dep.Liveness(UNIT, "loaded", "active", "running", "success", 100, 1, 0, "i2")
+    restarted = live("active", "running", "success", 100, 1, 0, "i2")
     assert dep.settle_verdict(restarted, restarted) == "app.service keeps restarting: active/running (1 restart)"
 
 
 def test_parse_liveness_tolerates_missing_and_garbled_fields() -> None:
-    live = dep.parse_liveness(UNIT, "ActiveState=active\nMainPID=x\nnoise\n")
-    assert (live.active_state, live.main_pid, live.invocation) == ("active", 0, None)  # old systemd: no InvocationID
-    assert dep.parse_liveness(UNIT, "InvocationID=\n").invocation == ""
+    got = one("ActiveState=active\nMainPID=x\nnoise\n")
+    assert (got.active_state, got.main_pid, got.invocation_id) == ("active", 0, None)  # old systemd: no InvocationID
+    assert one("InvocationID=\n").invocation_id == ""
 
 
 def test_a_stale_state_is_not_the_result_of_the_new_start() -> None:
-    before = dep.parse_liveness(UNIT, state("failed", inv="old"))
-    assert not dep._terminal(dep.parse_liveness(UNIT, state("failed", inv="old")), before)  # job not begun yet
-    assert not dep._terminal(dep.parse_liveness(UNIT, state("inactive", inv="")), before)
-    assert dep._terminal(dep.parse_liveness(UNIT, state("failed", inv="new")), before)
-    assert dep._terminal(dep.parse_liveness(UNIT, state("failed", inv=None)), before)  # no IDs: take it as is
-    assert not dep._terminal(dep.parse_liveness(UNIT, state("activating", inv="new")), before)
+    before = one(state("failed", inv="old"))
+    assert not dep._terminal(one(state("failed", inv="old")), before)  # job not begun yet
+    assert not dep._terminal(one(state("inactive", inv="")), before)
+    assert dep._terminal(one(state("failed", inv="new")), before)
+    assert dep._terminal(one(state("failed", inv=None)), before)  # no IDs: take it as is
+    assert not dep._terminal(one(state("activating", inv="new")), before)
 
 
 # ---- start and watch on a scripted node ---------------------------------------------------------------------------
