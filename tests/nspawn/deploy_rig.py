@@ -9,9 +9,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from tests.nspawn.rig import Node, NspawnRig
+
+CLI = [str(Path(sys.executable).parent / "coreos-lab")]  # the installed console script, as users run it
+
+
+def cli(inventory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """The real CLI against the rig's ssh-config, one connection per call (no mux)."""
+    argv = [*CLI, *args, "--inventory", str(inventory), "--no-persist"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class DeployRig(NspawnRig):

@@ -14,52 +14,23 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import require
-from tests.nspawn.deploy_rig import DeployRig
-from tests.nspawn.rig import Node, prerequisites
+from tests.nspawn.deploy_rig import CLI, DeployRig, cli
+from tests.nspawn.rig import Node
 
 pytestmark = pytest.mark.nspawn
 
-CLI = [str(Path(sys.executable).parent / "coreos-lab")]
 HELLO = (
     "[Unit]\nDescription=Hello World\n\n"
     "[Service]\nExecStart=/bin/sh -c 'while true; do echo Hello World; sleep 1; done'\n"
 )
 SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
-
-
-@pytest.fixture(scope="module")
-def rig() -> Iterator[DeployRig]:
-    missing = prerequisites()
-    require(not missing, f"nspawn rig needs: {', '.join(missing)}")
-    with DeployRig(3) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def inventory(rig: DeployRig, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("deploy-inv") / "ssh_config"
-    path.write_text(rig.ssh_config())
-    return path
-
-
-@pytest.fixture(scope="module")
-def units_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("units")
-
-
-def cli(inventory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    argv = [*CLI, *args, "--inventory", str(inventory), "--no-persist"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def write_unit(d: Path, name: str, text: str) -> str:

@@ -15,51 +15,22 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
-from tests.nspawn.deploy_rig import DeployRig
-from tests.nspawn.rig import Node, prerequisites
+from tests.nspawn.deploy_rig import CLI, DeployRig, cli
+from tests.nspawn.rig import Node
 
 pytestmark = pytest.mark.nspawn
 
-CLI = [str(Path(sys.executable).parent / "coreos-lab")]
 # ExecStartPre opens a window in which the unit is installed and "activating" but not yet running.
 SLOW = "[Unit]\nDescription=slow starter\n\n[Service]\nExecStartPre=/bin/sleep {pre}\nExecStart=/bin/sleep infinity\n"
 DIES = "[Service]\nExecStart=/bin/sh -c 'echo about to fail; sleep 0.3; exit 3'\n"
 FLAPS = "[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 3'\nRestart=always\nRestartSec=0.1\n"
 OURS = re.compile(r"^(intr-|off-|dies|flaps|fine)")
-
-
-@pytest.fixture(scope="module")
-def rig() -> Iterator[DeployRig]:
-    missing = prerequisites()
-    require(not missing, f"nspawn rig needs: {', '.join(missing)}")
-    r = DeployRig(3)
-    with r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def inventory(rig: DeployRig, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("faults-inv") / "ssh_config"
-    path.write_text(rig.ssh_config())
-    return path
-
-
-@pytest.fixture(scope="module")
-def units_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fault-units")
-
-
-def cli(inventory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    argv = [*CLI, *args, "--inventory", str(inventory), "--no-persist"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def spawn(inventory: Path, *args: str) -> subprocess.Popen[str]:

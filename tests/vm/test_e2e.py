@@ -36,6 +36,25 @@ def coreos_lab(rig: Rig, *args: str, cwd: Path, timeout: float = 1800) -> subpro
     return rig.run([*CLI, *args], cwd=cwd, timeout=timeout)
 
 
+def init_lab(rig: Rig, lab: Path, instances: int, bootstrap: str = "static", *extra: str) -> None:
+    """`coreos-lab init` of a libvirt lab on the offline lab box (the only box the rig can boot)."""
+    coreos_lab(
+        rig,
+        "init",
+        str(lab),
+        "--instances",
+        str(instances),
+        "--provider",
+        "libvirt",
+        "--box",
+        "coreos-lab/lab",
+        "--bootstrap",
+        bootstrap,
+        *extra,
+        cwd=lab.parent,
+    )
+
+
 def ssh_config(rig: Rig, lab: Path) -> Path:
     """Vagrant's own ssh-config (not ours), so the checks do not depend on the code under test."""
     text = rig.run(["vagrant", "ssh-config"], cwd=lab, timeout=300).stdout
@@ -164,20 +183,7 @@ def test_box_build_is_cached_and_added(rig: Rig, lab_root: Path) -> None:
 
 def test_static_lab(rig: Rig, lab_root: Path) -> None:
     lab = lab_root / "e2e"
-    coreos_lab(
-        rig,
-        "init",
-        str(lab),
-        "--instances",
-        "3",
-        "--provider",
-        "libvirt",
-        "--box",
-        "coreos-lab/lab",
-        "--bootstrap",
-        "static",
-        cwd=lab.parent,
-    )
+    init_lab(rig, lab, 3, "static")
     try:
         start = time.monotonic()
         up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
@@ -211,22 +217,7 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
 
 def test_self_hosted_discovery_lab(rig: Rig, lab_root: Path) -> None:
     lab = lab_root / "e2esh"
-    coreos_lab(
-        rig,
-        "init",
-        str(lab),
-        "--instances",
-        str(SELF_HOSTED_NODES),
-        "--provider",
-        "libvirt",
-        "--box",
-        "coreos-lab/lab",
-        "--bootstrap",
-        "self-hosted",
-        "--discovery-endpoint",
-        rig.etcd_url,
-        cwd=lab.parent,
-    )
+    init_lab(rig, lab, SELF_HOSTED_NODES, "self-hosted", "--discovery-endpoint", rig.etcd_url)
     cfg = labconfig.load(lab)
     assert cfg.discovery_url
     assert cfg.discovery_url.startswith(rig.etcd_url + "/v2/keys/discovery/")
@@ -262,21 +253,7 @@ def test_tls_lab(rig: Rig, lab_root: Path) -> None:
     from coreos_lab.tls import NODE_ETCDCTL_FLAGS
 
     lab = lab_root / "e2etls"
-    coreos_lab(
-        rig,
-        "init",
-        str(lab),
-        "--instances",
-        "3",
-        "--provider",
-        "libvirt",
-        "--box",
-        "coreos-lab/lab",
-        "--bootstrap",
-        "static",
-        "--tls",
-        cwd=lab.parent,
-    )
+    init_lab(rig, lab, 3, "static", "--tls")
     cfg = labconfig.load(lab)
     assert cfg.tls
     try:
@@ -334,20 +311,7 @@ def test_ctrl_c_during_up_then_up_again(rig: Rig, lab_root: Path) -> None:
     import signal
 
     lab = lab_root / "e2eint"
-    coreos_lab(
-        rig,
-        "init",
-        str(lab),
-        "--instances",
-        "1",
-        "--provider",
-        "libvirt",
-        "--box",
-        "coreos-lab/lab",
-        "--bootstrap",
-        "static",
-        cwd=lab.parent,
-    )
+    init_lab(rig, lab, 1, "static")
     before = files_of(lab)
     try:
         # As a terminal does: SIGINT to the foreground process group (coreos-lab and whatever shares it).

@@ -19,7 +19,7 @@ import pytest
 from coreos_lab import config as labconfig
 from coreos_lab.box import recipe, registry
 from tests.vm.conftest import Rig
-from tests.vm.test_e2e import coreos_lab, destroy_and_check, on_node, ssh_config, until
+from tests.vm.test_e2e import coreos_lab, destroy_and_check, init_lab, on_node, ssh_config, until
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3000)]
 
@@ -50,20 +50,7 @@ def test_seed_myapp_runs_offline(rig: Rig, lab_root: Path) -> None:
     print(f"box: {built['size_mb']} MB, {built['seconds']}s (cached={built['cached']})")
     digest = expected_busybox_digest()
     lab = lab_root / "myapp"
-    coreos_lab(
-        rig,
-        "init",
-        str(lab),
-        "--instances",
-        "1",
-        "--provider",
-        "libvirt",
-        "--box",
-        "coreos-lab/lab",
-        "--bootstrap",
-        "static",
-        cwd=lab_root,
-    )
+    init_lab(rig, lab, 1)
     try:
         start = time.monotonic()
         up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
