@@ -293,14 +293,19 @@ class Cluster:
         """An OpenSSH client config for every node (``ssh -F``, testinfra, Ansible, fleetctl --tunnel)."""
         return format_ssh_config(self.targets)
 
-    def close(self) -> None:
+    def close_sessions(self) -> None:
+        """Close the cached HTTP sessions (their keep-alive connections through the forwards); runners stay."""
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
+        for session, _ in sessions:
+            session.close()
+
+    def close(self) -> None:
+        self.close_sessions()
+        with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
-        for session, _ in sessions:
-            session.close()
         with self._lock:
             runners = list(self._runners.values())
         for r in runners:

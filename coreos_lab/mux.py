@@ -537,13 +537,18 @@ class MuxServer:
             else None
         )
         lab_dir = req.get("lab_dir")
-        report = cluster_status(
-            cluster,
-            lab_dir=Path(lab_dir) if lab_dir else None,
-            specs=specs,
-            etcd_timeout=float(req.get("etcd_timeout", 3.0)),
-            etcd_port=int(req.get("etcd_port", 2379)),
-        )
+        try:
+            report = cluster_status(
+                cluster,
+                lab_dir=Path(lab_dir) if lab_dir else None,
+                specs=specs,
+                etcd_timeout=float(req.get("etcd_timeout", 3.0)),
+                etcd_port=int(req.get("etcd_port", 2379)),
+            )
+        finally:
+            # Keep-alive HTTP connections through our own forwards count as forward activity: left open,
+            # they would keep this process from ever idling out.
+            cluster.close_sessions()
         return report.to_json()
 
     def _dispatch(self, req: Mapping[str, Any]) -> dict[str, Any]:

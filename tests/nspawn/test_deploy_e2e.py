@@ -319,11 +319,17 @@ def test_status_computed_by_the_mux_matches_the_in_process_one(
     runtime.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if k != "COREOS_LAB_NO_PERSIST"}
     env["XDG_RUNTIME_DIR"] = str(runtime)
+    env["COREOS_LAB_MUX_IDLE"] = "3"
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("COREOS_LAB_MUX_IDLE", "3")
     monkeypatch.delenv("COREOS_LAB_NO_PERSIST", raising=False)
     try:
         persisted = subprocess.run(
-            [*CLI, "status", "--json", "--inventory", str(inventory)], capture_output=True, text=True, timeout=90
+            [*CLI, "status", "--json", "--inventory", str(inventory)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
         )
         assert persisted.returncode == 0, persisted.stderr
         cluster = open_cluster(inventory=inventory)
@@ -341,6 +347,13 @@ def test_status_computed_by_the_mux_matches_the_in_process_one(
         assert essence(json.loads(persisted.stdout)) == essence(in_process) == essence(by_mux)
         units = {(u["unit"], u["node"], u["ok"]) for u in by_mux["units"]}
         assert ("muxed.service", units_on(units, "muxed.service"), True) in units
+        # computing status must not keep the mux busy: it still exits by itself once idle (3 s here)
+        client = MuxClient(inventory.read_text())
+        pid = int(client.ping()["pid"])
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}"), "the mux did not idle out after serving status"
     finally:
         client = MuxClient(inventory.read_text())
         if client.socket_path.exists():
