@@ -43,16 +43,32 @@ VAGRANT_KEY_GLOBS: Final = (
     "/opt/vagrant/embedded/gems/*/gems/vagrant-*/keys/vagrant.pub",
 )
 BOX_INFO: Final = "coreos-lab-box.json"
+# The box's own Vagrantfile and the Ruby it requires, packed at the top of the box (sources in vagrant/).
+BOX_VAGRANT_FILES: Final = ("Vagrantfile", "configure_networks.rb")
 # Units the image enables; etcd-member / etcd2 stay disabled until cloud-config says otherwise.
 ENABLE_UNITS: Final = (
     "systemd-networkd.service",
     "ssh.service",
     "coreos-lab-ssh-hostkeys.service",
     "coreos-cloudinit-vagrant-user.path",
-    "coreos-cloudinit-vagrant-user-rerun.path",
     "coreos-cloudinit-vagrant-legacy.path",
-    "coreos-cloudinit-vagrant-legacy-rerun.path",
+    "coreos-lab-readonly-usr.service",
 )
+# Flatcar has no python3: the twin's own tools (the cloud-config agent, sdnotify-proxy) keep a private
+# interpreter here, off PATH, so a command of ours that silently needs Python on a node fails in our tests too.
+PRIVATE_PYTHON: Final = "/usr/lib/coreos-lab/bin/python3"
+# Flatcar's /etc/os-release says ID=flatcar, ID_LIKE=coreos: Vagrant then drives the node through its CoreOS
+# guest (hostname and networks as cloud-config through system-cloudinit@.service), as it drives Flatcar.
+OS_RELEASE: Final = """\
+NAME="Flatcar Container Linux by Kinvolk"
+ID=flatcar
+ID_LIKE=coreos
+VERSION_ID=0.0.0
+PRETTY_NAME="coreos-lab twin of Flatcar Container Linux (Debian 12)"
+VARIANT="coreos-lab twin"
+VARIANT_ID=coreos-lab
+HOME_URL="https://flatcar.org/"
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +164,7 @@ def build(*, force: bool = False, on_step: StepFn | None = None) -> BuiltBox:
         say("packing the box")
         partial = work / out.name
         with tarfile.open(partial, "w") as tar:
-            for name in ("metadata.json", "Vagrantfile", BOX_INFO, "vmlinuz", "initrd.img", "box.img"):
+            for name in ("metadata.json", *BOX_VAGRANT_FILES, BOX_INFO, "vmlinuz", "initrd.img", "box.img"):
                 tar.add(work / name, arcname=name)
         digest = _sha256(partial)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,9 +216,20 @@ def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path
 def customise(tree: Path) -> None:
     """Turn a debootstrapped tree into the lab image (runs as root on the build host)."""
     _copy_files(recipe.files_dir(), tree)
+    hide_python(tree)
     agent = tree / "usr/bin/coreos-cloudinit"
-    shutil.copyfile(Path(__file__).with_name("agent.py"), agent)
+    source = Path(__file__).with_name("agent.py").read_text(encoding="utf-8")
+    body = source.partition("\n")[2]
+    agent.write_text(f"#!{PRIVATE_PYTHON}\n{body}", encoding="utf-8")
     agent.chmod(0o755)
+    flatcar_name = tree / "usr/bin/flatcar-cloudinit"
+    with contextlib.suppress(FileNotFoundError):
+        flatcar_name.unlink()
+    flatcar_name.symlink_to("coreos-cloudinit")
+    os_release = tree / "usr/lib/os-release"
+    with contextlib.suppress(FileNotFoundError):
+        os_release.unlink()
+    os_release.write_text(OS_RELEASE, encoding="utf-8")
     (tree / "etc/initramfs-tools/modules").write_text("\n".join(recipe.INITRAMFS_MODULES) + "\n", encoding="utf-8")
     (tree / "etc/hostname").write_text("coreos-lab\n", encoding="utf-8")
     (tree / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", encoding="utf-8")
@@ -246,36 +273,40 @@ def customise(tree: Path) -> None:
             log.write_bytes(b"")
 
 
+def hide_python(tree: Path) -> None:
+    """Move the image's python3 to :data:`PRIVATE_PYTHON` and take every python command off PATH."""
+    private = tree / PRIVATE_PYTHON.lstrip("/")
+    private.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # usr/bin/python3 -> python3.11, the real binary; found by name so a newer suite's python3.X moves too.
+    link = tree / "usr/bin/python3"
+    real = link.parent / os.readlink(link) if link.is_symlink() else link
+    if real.is_file() and not real.is_symlink():
+        os.replace(real, private)
+    if not private.is_file():
+        raise BoxError("the rootfs has no python3 for the cloud-config agent (is python3-yaml in the recipe?)")
+    for pattern in ("python3*", "pydoc3*", "py3*", "pygettext3*"):
+        for path in tree.glob(f"usr/bin/{pattern}"):
+            path.unlink()
+
+
+def box_vagrant_files() -> dict[str, str]:
+    """The box's own Vagrantfile and what it requires (``vagrant/`` next to this module), ready to pack."""
+    here = Path(__file__).with_name("vagrant")
+    files = {name: (here / name).read_text(encoding="utf-8") for name in BOX_VAGRANT_FILES}
+    files["Vagrantfile"] = files["Vagrantfile"].replace("@CMDLINE@", recipe.KERNEL_CMDLINE)
+    return files
+
+
 def write_box_metadata(work: Path, key: str) -> None:
     """metadata.json (vagrant-libvirt v1 box), the box's own Vagrantfile, and coreos-lab's box info."""
     virtual_size = recipe.DISK_GB
     (work / "metadata.json").write_text(
         json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": virtual_size}) + "\n", encoding="utf-8"
     )
-    (work / "Vagrantfile").write_text(BOX_VAGRANTFILE.replace("@CMDLINE@", recipe.KERNEL_CMDLINE), encoding="utf-8")
+    for name, text in box_vagrant_files().items():
+        (work / name).write_text(text, encoding="utf-8")
     info = {"name": recipe.BOX_NAME, "version": recipe.BOX_VERSION, "key": key, "packages": list(recipe.packages())}
     (work / BOX_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-BOX_VAGRANTFILE: Final = """\
-# coreos-lab lab box: Debian + etcd-member + a coreos-cloudinit-compatible agent, for vagrant-libvirt.
-# The kernel and initrd ship inside the box; __dir__ is this box's directory once `vagrant box add`ed.
-Vagrant.configure("2") do |config|
-  config.ssh.username = "core"
-  config.ssh.insert_key = false
-  config.vm.synced_folder ".", "/vagrant", disabled: true
-  config.vm.provider :libvirt do |libvirt|
-    libvirt.driver = "qemu"
-    libvirt.kernel = File.join(__dir__, "vmlinuz")
-    libvirt.initrd = File.join(__dir__, "initrd.img")
-    libvirt.cmd_line = "@CMDLINE@"
-    libvirt.disk_bus = "virtio"
-    # Keep the management network on destroy: another lab (or the rig's etcd) may be using it, and
-    # parallel destroys race to remove it.
-    libvirt.management_network_keep = true
-  end
-end
-"""
 
 
 def added_box_key(vagrant_home: Path | None = None) -> str | None:

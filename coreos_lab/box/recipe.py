@@ -34,6 +34,7 @@ PACKAGES: Final = (
     "curl",
     "ca-certificates",
     "python3-yaml",
+    "libnss-myhostname",  # Flatcar resolves its own hostname through nss-myhostname (no /etc/hosts entry)
     "etcd-server",
     "etcd-client",
     "linux-image-amd64",
@@ -77,7 +78,14 @@ def box_key() -> str:
     """Cache key of the finished box: the rootfs key plus every shipped file, the agent and the build steps."""
     parts = [rootfs_key().encode(), BOX_VERSION.encode(), KERNEL_CMDLINE.encode(), " ".join(INITRAMFS_MODULES).encode()]
     here = Path(__file__).parent
-    for name in ("agent.py", "build.py", "registry.py"):
+    for name in (
+        "agent.py",
+        "build.py",
+        "registry.py",
+        "etcd_image.py",
+        "vagrant/Vagrantfile",
+        "vagrant/configure_networks.rb",
+    ):
         parts.append((here / name).read_bytes() if (here / name).exists() else b"")
     root = files_dir()
     if root.is_dir():

@@ -73,6 +73,9 @@ def test_box_metadata_and_vagrantfile(tmp_path: Path) -> None:
     assert 'File.join(__dir__, "vmlinuz")' in vf
     assert recipe.KERNEL_CMDLINE in vf
     assert 'config.ssh.username = "core"' in vf
+    assert "@CMDLINE@" not in vf
+    assert 'require_relative "configure_networks.rb"' in vf
+    assert "configure_networks_cloud_init(machine, networks)" in (tmp_path / "configure_networks.rb").read_text()
     info = json.loads((tmp_path / build.BOX_INFO).read_text())
     assert info["key"] == "k1"
 
@@ -95,10 +98,20 @@ def test_shipped_units_follow_the_pitfalls() -> None:
     units = files / "usr/lib/systemd/system"
     path_unit = (units / "coreos-cloudinit-vagrant-user.path").read_text()
     assert "PathExists=/var/lib/flatcar-vagrant/vagrantfile-user-data" in path_unit
-    rerun = (units / "coreos-cloudinit-vagrant-user-rerun.path").read_text()
-    assert "PathChanged=/var/lib/flatcar-vagrant/vagrantfile-user-data" in rerun
+    # Flatcar's names: the path unit starts user-cloudinit@<escaped path>.service, a RemainAfterExit oneshot
+    # (a file replaced later is applied only after a reboot or an explicit restart: no PathChanged re-run).
+    assert r"Unit=user-cloudinit@var-lib-flatcar\x2dvagrant-vagrantfile\x2duser\x2ddata.service" in path_unit
+    assert not list(units.glob("*rerun*"))
+    user = (units / "user-cloudinit@.service").read_text()
+    assert "RemainAfterExit=yes" in user
+    assert "ExecStart=/usr/bin/coreos-cloudinit --from-file=%f" in user
+    assert "EnvironmentFile=-/etc/environment" in user
+    # Vagrant's CoreOS guest applies hostname and networks through system-cloudinit@.service.
+    assert "ExecStart=/usr/bin/coreos-cloudinit --from-file=%f" in (units / "system-cloudinit@.service").read_text()
     legacy = (units / "coreos-cloudinit-vagrant-legacy.path").read_text()
     assert "/var/lib/coreos-vagrant/vagrantfile-user-data" in legacy
+    assert r"user-cloudinit@var-lib-coreos\x2dvagrant-vagrantfile\x2duser\x2ddata.service" in legacy
+    assert "coreos-lab-readonly-usr.service" in build.ENABLE_UNITS
     assert "Alias" not in (units / "etcd-member.service").read_text()
     assert (units / "etcd2.service").exists()
     assert not [u for u in build.ENABLE_UNITS if u.startswith("etcd")]  # started by cloud-config only
@@ -113,3 +126,44 @@ def test_prune_cache_keeps_only_the_current_recipe(monkeypatch: pytest.MonkeyPat
     assert sorted(p.name for p in removed) == ["old", "rootfs-old"]
     assert sorted(p.name for p in cache.iterdir()) == ["boxes", "nspawn-rootfs", "rootfs-new"]
     assert [p.name for p in (cache / "boxes").iterdir()] == ["new"]
+
+
+def _fake_rootfs(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/python3.11").write_bytes(b"ELF")
+    (tree / "usr/bin/python3").symlink_to("python3.11")
+    for name in ("pydoc3", "py3compile", "pygettext3.11", "python3-config"):
+        (tree / "usr/bin" / name).write_text("#!/usr/bin/python3\n")
+    (tree / "usr/bin/etcdctl").write_bytes(b"ELF")
+    return tree
+
+
+def test_python_is_moved_off_path(tmp_path: Path) -> None:
+    tree = _fake_rootfs(tmp_path)
+    build.hide_python(tree)
+    assert (tree / build.PRIVATE_PYTHON.lstrip("/")).read_bytes() == b"ELF"
+    assert sorted(p.name for p in (tree / "usr/bin").iterdir()) == ["etcdctl"]
+    assert build.PRIVATE_PYTHON.startswith("/usr/lib/")  # not on any PATH a node has
+
+
+def test_python_missing_is_a_box_error(tmp_path: Path) -> None:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    with pytest.raises(BoxError, match="no python3"):
+        build.hide_python(tmp_path)
+
+
+def test_os_release_makes_vagrant_take_the_coreos_guest() -> None:
+    fields = dict(line.split("=", 1) for line in build.OS_RELEASE.splitlines())
+    assert fields["ID"] == "flatcar"
+    assert "coreos" in fields["ID_LIKE"]  # Vagrant's CoreOS guest: grep -E 'ID_LIKE=.*coreos.*'
+
+
+def test_box_key_covers_the_box_vagrantfile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    before = recipe.box_key()
+    copy = tmp_path / "box"
+    shutil.copytree(Path(recipe.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__", "files"))
+    monkeypatch.setattr(recipe, "__file__", str(copy / "recipe.py"))
+    assert recipe.box_key() == before
+    (copy / "vagrant" / "Vagrantfile").write_text("changed\n")
+    assert recipe.box_key() != before
