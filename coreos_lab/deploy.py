@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from coreos_lab import nodeshell
 from coreos_lab.errors import CoreosLabError, EtcdError, UnitFileError, UsageError
 from coreos_lab.runner import Runner
 from coreos_lab.scheduler import (
@@ -59,7 +60,8 @@ _SEP: Final = "@@coreos-lab@@"
 # One round trip per node: machine id, placement metadata, host name, addresses. Shell builtins only (POSIX sh,
 # bash, dash, busybox): on a software-emulated VM every process the login shell starts costs ~200 ms, and the
 # cat/cat/hostname/hostname -I of a naive probe tripled its time (0.76 s vs 0.21 s for `true`, 3-VM lab).
-# `hostname -I` runs only when some node's address is known neither from the lab nor from its SSH host.
+# The address listing (`ip`, see nodeshell) runs only when some node's address is known neither from the lab
+# nor from its SSH host.
 _READ_FN: Final = 'r() { while IFS= read -r l || [ -n "$l" ]; do printf \'%s\\n\' "$l"; done < "$1"; } 2>/dev/null'
 _PROBE: Final = (
     f"{_READ_FN}; r /etc/machine-id; echo {_SEP}; r {METADATA_PATH}; echo {_SEP}; "
@@ -69,8 +71,8 @@ _PROBE: Final = (
 
 
 def probe_command(addresses: bool) -> str:
-    """The probe's shell line; ``addresses`` adds ``hostname -I`` (the only command it may start)."""
-    return _PROBE.replace("{addresses}", "hostname -I 2>/dev/null || true; " if addresses else "")
+    """The probe's shell line; ``addresses`` adds the address listing (the only command it may start)."""
+    return _PROBE.replace("{addresses}", f"{nodeshell.ADDRESSES}; " if addresses else "")
 
 
 _ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")

@@ -217,6 +217,7 @@ def customise(tree: Path) -> None:
     """Turn a debootstrapped tree into the lab image (runs as root on the build host)."""
     _copy_files(recipe.files_dir(), tree)
     hide_python(tree)
+    net_tools_hostname(tree)
     agent = tree / "usr/bin/coreos-cloudinit"
     source = Path(__file__).with_name("agent.py").read_text(encoding="utf-8")
     body = source.partition("\n")[2]
@@ -287,6 +288,19 @@ def hide_python(tree: Path) -> None:
     for pattern in ("python3*", "pydoc3*", "py3*", "pygettext3*"):
         for path in tree.glob(f"usr/bin/{pattern}"):
             path.unlink()
+
+
+def net_tools_hostname(tree: Path) -> None:
+    """Debian's hostname moves off PATH; /usr/bin/hostname becomes files/usr/lib/coreos-lab/hostname."""
+    debian = tree / "usr/bin/hostname"
+    private = tree / "usr/lib/coreos-lab/bin/hostname"
+    private.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if debian.is_file() and not private.exists():
+        os.replace(debian, private)
+    if not private.is_file():
+        raise BoxError("the rootfs has no hostname command (package hostname)")
+    shutil.copyfile(tree / "usr/lib/coreos-lab/hostname", debian)
+    debian.chmod(0o755)
 
 
 def box_vagrant_files() -> dict[str, str]:

@@ -1,0 +1,16 @@
+"""Shell snippets that run on a node, written for what a Flatcar node has.
+
+A Flatcar node has no Python and its ``hostname`` comes from net-tools, which has no ``-I`` (Debian's has);
+iproute2's ``ip`` and a POSIX shell are there. The lab box refuses ``hostname -I`` the way net-tools does, so a
+snippet that relies on it fails in our tests as it would on Flatcar.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The node's global IPv4 addresses on one line, space-separated (what Debian's `hostname -I` prints): one
+# process (`ip`), the rest shell builtins.
+ADDRESSES: Final = (
+    "ip -4 -o addr show scope global 2>/dev/null | while read -r _ _ _ a _; do printf '%s ' \"${a%/*}\"; done"
+)
