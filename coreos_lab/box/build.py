@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from coreos_lab.box import recipe, registry
+from coreos_lab.box import etcd_image, recipe, registry
 from coreos_lab.errors import BoxError
 
 StepFn = Callable[[str], None]
@@ -53,6 +53,7 @@ ENABLE_UNITS: Final = (
     "coreos-cloudinit-vagrant-user.path",
     "coreos-cloudinit-vagrant-legacy.path",
     "coreos-lab-readonly-usr.service",
+    "coreos-lab-etcd-image.service",
 )
 # Flatcar has no python3: the twin's own tools (the cloud-config agent, sdnotify-proxy) keep a private
 # interpreter here, off PATH, so a command of ours that silently needs Python on a node fails in our tests too.
@@ -216,6 +217,8 @@ def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path
 def customise(tree: Path) -> None:
     """Turn a debootstrapped tree into the lab image (runs as root on the build host)."""
     _copy_files(recipe.files_dir(), tree)
+    for rel in etcd_image.EXECUTABLES:
+        (tree / rel).chmod(0o755)
     hide_python(tree)
     net_tools_hostname(tree)
     agent = tree / "usr/bin/coreos-cloudinit"
@@ -243,6 +246,10 @@ def customise(tree: Path) -> None:
         _chroot(tree, ["passwd", "--lock", "root"])
         _chroot(tree, ["update-initramfs", "-u", "-k", "all"])
         add_docker_image(tree)
+    # etcd-member runs etcd in a container, as on Flatcar: the image is made from Debian's etcd, which then
+    # leaves the host's PATH (Flatcar has only etcdctl there).
+    etcd_image.add_etcd_image(tree)
+    etcd_image.hide_host_etcd(tree)
     ssh_dir = tree / "home/core/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(vagrant_public_key() + "\n", encoding="utf-8")

@@ -40,8 +40,8 @@ PACKAGES = (
     "sudo",
     "iproute2",
     "procps",
-    "python3",
 )
+# No python3, as on Flatcar: a node command of ours that silently needs Python fails here too.
 
 # Runs inside the new tree with chroot; keep it idempotent and free of network access.
 CONFIGURE = r"""

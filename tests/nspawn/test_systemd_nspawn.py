@@ -205,3 +205,9 @@ def test_etcd_cluster_on_nodes_survives_one_member_stop(nspawn_rig: NspawnRig) -
     kv = clients[victim.name].get("/nspawn/k")
     assert kv is not None
     assert kv.value == b"\xffv"
+
+
+def test_nodes_have_no_python_as_on_flatcar(nspawn_nodes: list[Node]) -> None:
+    """The deploy and status suites run here: a node command of ours that needs Python must fail here too."""
+    result = nspawn_nodes[0].runner().run(["sh", "-c", "command -v python3 python3.11 python || echo none"])
+    assert result.stdout.strip() == "none", result.stdout
