@@ -1,4 +1,4 @@
-"""A fleet v1.0.0 HTTP API double, plus loaders for the real fleet captures in ../shared/fixtures/fleet-v1.0.0.
+"""A fleet v1.0.0 HTTP API double, plus loaders for the real fleet captures in tests/fixtures/fleet-v1.0.0.
 
 The double is a real HTTP server (127.0.0.1 and optionally a unix socket) that answers byte-for-byte as the
 captured fleetd did: same status lines, header order (Content-Type, Server, Date, Content-Length), Go-style
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "fleet-v1.0.0"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fleet-v1.0.0"
 PREFIX = "/fleet/v1/"
 
 
