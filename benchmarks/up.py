@@ -9,6 +9,16 @@ then, each from a destroyed lab:
   coreos-lab `coreos-lab up` (progress, parallel up, bounded wait until healthy)
 
 and prints wall times and coreos-lab's overhead as a share of its wall time (target: <= 10%).
+
+`--compare-box BOX` measures the lab box itself instead: the same lab rendered twice, once on `coreos-lab/lab`
+and once on BOX (for instance the box of an earlier recipe, added under another name), each booted from
+destroyed by `coreos-lab up` in alternating rounds (`--rounds`, default 2), and prints the medians and the
+ratio. This is how the cost of running etcd-member in a container (issue 11, target <= +15% for 3 nodes) is
+measured against the box that ran etcd natively:
+
+    vagrant box add --name coreos-lab/lab-before /path/to/the/older/coreos-lab-0.1.0.box
+    scripts/vm-rig exec .venv/bin/python benchmarks/up.py --sizes 3 --compare-box coreos-lab/lab-before
+
 Needs root and the rig; run it inside the rig's namespace:
 
     scripts/vm-rig start
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,11 +107,53 @@ def bench(size: int, base: Path) -> dict[str, float]:
     }
 
 
+def up_json(lab: Path) -> dict[str, float]:
+    """`coreos-lab up --json` from a destroyed lab: wall time, and coreos-lab's own vagrant/ready split."""
+    start = time.monotonic()
+    out = run([CLI, "up", "--wait-timeout", "1200", "--json"], lab).stdout
+    wall = time.monotonic() - start
+    report = json.loads(out)
+    if not report.get("ready"):
+        raise SystemExit(f"{lab.name}: not ready: {out[-1000:]}")
+    return {"wall_s": wall, "vagrant_s": float(report["vagrant_seconds"]), "ready_s": float(report["total_seconds"])}
+
+
+def compare_boxes(
+    size: int, base: Path, other: str, rounds: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, object]]:
+    """coreos-lab/lab vs ``other``, same lab, alternating rounds; medians and the ratio twin/other."""
+    boxes = {"twin": "coreos-lab/lab", "other": other}
+    labs = {}
+    for key, box in boxes.items():
+        lab = base / f"cmp{size}-{key}"
+        run([CLI, "init", str(lab), "--instances", str(size), "--provider", "libvirt", "--box", box], base)
+        labs[key] = lab
+    samples: dict[str, list[dict[str, float]]] = {key: [] for key in boxes}
+    try:
+        for i in range(rounds):
+            order = list(boxes) if i % 2 == 0 else list(reversed(boxes))
+            for key in order:
+                samples[key].append(up_json(labs[key]))
+                subprocess.run([CLI, "destroy"], cwd=labs[key], capture_output=True, timeout=600, check=False)
+                print(f"round {i + 1} {key}: {json.dumps(samples[key][-1])}", file=sys.stderr, flush=True)
+    finally:
+        for lab in labs.values():
+            subprocess.run([CLI, "destroy"], cwd=lab, capture_output=True, timeout=600, check=False)
+    med = {key: {m: statistics.median(s[m] for s in samples[key]) for m in ("wall_s", "vagrant_s", "ready_s")}
+           for key in boxes}  # fmt: skip
+    ratio = round(med["twin"]["ready_s"] / med["other"]["ready_s"], 3)
+    report = {"nodes": size, "rounds": rounds, "twin": "coreos-lab/lab", "other": other, "twin_median": med["twin"],
+              "other_median": med["other"], "ratio_ready": ratio, "samples": samples}  # fmt: skip
+    return med["twin"], med["other"], report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,3", help="comma-separated node counts (default 1,3)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first boot (box upload)")
+    parser.add_argument("--compare-box", metavar="BOX", help="compare coreos-lab/lab against this box instead")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per box with --compare-box")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/up.py needs root and the rig (see its docstring)")
@@ -109,17 +162,24 @@ def main() -> int:
         if not args.no_warmup:
             # The first `vagrant up` after the box was added uploads it into the libvirt pool (~30 s):
             # do that once, untimed, so neither side of the comparison pays for it.
-            warm = Path(tmp) / "warmup"
-            run(
-                [CLI, "init", str(warm), "--instances", "1", "--provider", "libvirt", "--box", "coreos-lab/lab"],
-                Path(tmp),
-            )
-            try:
-                run(["vagrant", "up", "--provider=libvirt"], warm)
-            finally:
-                subprocess.run(
-                    ["vagrant", "destroy", "--force"], cwd=warm, capture_output=True, timeout=600, check=False
-                )
+            for i, box in enumerate(["coreos-lab/lab", *([args.compare_box] if args.compare_box else [])]):
+                warm = Path(tmp) / f"warmup{i}"
+                run([CLI, "init", str(warm), "--instances", "1", "--provider", "libvirt", "--box", box], Path(tmp))
+                try:
+                    run(["vagrant", "up", "--provider=libvirt"], warm)
+                finally:
+                    subprocess.run(
+                        ["vagrant", "destroy", "--force"], cwd=warm, capture_output=True, timeout=600, check=False
+                    )
+        if args.compare_box:
+            for size in (int(s) for s in args.sizes.split(",")):
+                tw, ot, result = compare_boxes(size, Path(tmp), args.compare_box, args.rounds)
+                print(json.dumps(result) if args.json else (
+                    f"{size} node(s), {args.rounds} rounds each, medians: coreos-lab/lab ready after "
+                    f"{tw['ready_s']:.0f}s (vagrant {tw['vagrant_s']:.0f}s), {args.compare_box} ready after "
+                    f"{ot['ready_s']:.0f}s (vagrant {ot['vagrant_s']:.0f}s): ratio {tw['ready_s'] / ot['ready_s']:.3f}"
+                ), flush=True)  # fmt: skip
+            return 0
         for size in (int(s) for s in args.sizes.split(",")):
             results.append(bench(size, Path(tmp)))
             if not args.json:

@@ -1,6 +1,6 @@
 """The lab's source of truth: ``coreos-lab.toml`` <-> frozen dataclasses, with validation.
 
-Every other file of a lab (Vagrantfile, config.rb, user-data/<node>.yaml) is rendered from a ``LabConfig``
+Every other file of a lab (Vagrantfile, config.rb, cloud-config/<node>.yaml) is rendered from a ``LabConfig``
 by :mod:`coreos_lab.render`. Validation here is the first line of defence against values that would break
 or inject into the rendered Ruby, YAML or systemd text; the templates' escaping filters are the second.
 
@@ -291,7 +291,7 @@ def load(lab_dir: Path) -> LabConfig:
 
 TOML_HEADER: Final = (
     "# coreos-lab lab configuration: the source of truth for this lab.\n"
-    "# Edit it, then run 'coreos-lab render' to re-render Vagrantfile, config.rb and user-data/.\n"
+    "# Edit it, then run 'coreos-lab render' to re-render Vagrantfile, config.rb and cloud-config/.\n"
 )
 
 

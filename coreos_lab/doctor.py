@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from coreos_lab.config import VBOX_ALLOWED, LabConfig
+from coreos_lab.errors import CoreosLabError
 
 MIN_VAGRANT: Final = (2, 2, 5)  # Flatcar's box metadata needs it
 NODE_OVERHEAD_MB: Final = 512  # emulator + page cache per node, measured ~1.5 GB total per 1 GB node
@@ -156,9 +157,23 @@ def check_kvm(provider: str) -> Check:
     )
 
 
-def run_checks(cfg: LabConfig, run: Exec = _exec) -> list[Check]:
-    """All host checks for a lab like ``cfg``; cheap, read-only."""
-    return [
+def check_pickup(lab_dir: Path, cfg: LabConfig) -> list[Check]:
+    """Warnings, one per file in ``lab_dir`` that Flatcar's box would pick up unexpectedly (``up`` refuses those)."""
+    from coreos_lab.pickup import pickup_problems
+
+    try:
+        problems = pickup_problems(lab_dir, cfg)
+    except CoreosLabError as exc:
+        return [Check("lab files", False, str(exc), "coreos-lab render", warning=True)]
+    if not problems:
+        return [Check("lab files", True, "nothing unexpected for Flatcar's box to pick up", warning=True)]
+    fix = "run 'coreos-lab render' (coreos-lab up refuses to boot until then)"
+    return [Check("lab files", False, p, fix if i == 0 else "", warning=True) for i, p in enumerate(problems)]
+
+
+def run_checks(cfg: LabConfig, run: Exec = _exec, lab_dir: Path | None = None) -> list[Check]:
+    """All host checks for a lab like ``cfg``; cheap, read-only. With ``lab_dir``, also :func:`check_pickup`."""
+    checks = [
         check_vagrant(run),
         check_provider(cfg.provider, run),
         check_vbox_network(cfg),
@@ -166,3 +181,6 @@ def run_checks(cfg: LabConfig, run: Exec = _exec) -> list[Check]:
         check_memory(cfg),
         check_kvm(cfg.provider),
     ]
+    if lab_dir is not None:
+        checks += check_pickup(lab_dir, cfg)
+    return checks

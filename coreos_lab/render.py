@@ -1,8 +1,14 @@
-"""Render a lab (Vagrantfile, config.rb, user-data/<node>.yaml) from its LabConfig, and write it all-or-nothing.
+"""Render a lab (Vagrantfile, config.rb, cloud-config/<node>.yaml) from its LabConfig, and write it all-or-nothing.
 
 Rendering is pure (config in, text out); writing stages every file as a temp file beside its target, then
 renames them into place, and on any error removes what this run created: a lab directory is never left
 half-written.
+
+Nothing rendered is called ``user-data`` or ``config.ign``: Flatcar's box hands those names in the lab root to
+the nodes by itself (:mod:`coreos_lab.pickup`). A root ``user-data`` file is the user's cloud-config for every
+node: checked, then merged into each node's rendered cloud-config (built as data, then dumped); a root
+``config.ign`` is checked and left to the box. ``init``/``render`` also clear coreos-lab's files out of the old
+``user-data/`` directory.
 
 Every value that lands in Ruby passes ``ruby_str`` (a double-quoted literal with ``#``, quotes, backslashes and
 every non-printable character escaped, so ``#{...}`` cannot interpolate); every value that lands in YAML passes
@@ -16,23 +22,27 @@ import contextlib
 import ipaddress
 import json
 import os
+import posixpath
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import Any, Final
 
 import jinja2
 
 from coreos_lab import config as config_mod
-from coreos_lab import discovery, tls
+from coreos_lab import discovery, pickup, tls
 from coreos_lab.config import CONFIG_NAME, VBOX_ALLOWED, LabConfig, NodeSpec
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 from coreos_lab.fsutil import deferred_interrupt
+from coreos_lab.pickup import Ignition, RawScalar, UserCloudConfig, UserData
 
-HEADER: Final = f"Generated from {CONFIG_NAME} by `coreos-lab render`: edit {CONFIG_NAME} and re-render, not this file."
-USER_DATA_DIR: Final = "user-data"
-GUEST_USER_DATA_DIRS: Final = {"flatcar": "/var/lib/flatcar-vagrant", "coreos": "/var/lib/coreos-vagrant"}
+# Defined in coreos_lab.pickup (which `up` and `doctor` load without jinja2 or cryptography), named here too.
+HEADER: Final = pickup.HEADER
+CLOUD_CONFIG_DIR: Final = pickup.CLOUD_CONFIG_DIR  # cloud-config/<node>.yaml
+GUEST_USER_DATA_DIRS: Final = pickup.GUEST_USER_DATA_DIRS
 METADATA_PATH: Final = "/etc/coreos-lab/metadata"
 LAB_BOX: Final = "coreos-lab/lab"
 RENDERED_TOP: Final = ("Vagrantfile", "config.rb")
@@ -50,14 +60,59 @@ class RenderedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeSummary:
+    """What merging the lab root's user-data added to each node's cloud-config (the same for every node)."""
+
+    path: Path
+    sha256: str
+    nodes: int
+    units: int = 0
+    files: int = 0
+    users: int = 0
+    ssh_keys: int = 0
+    sections: tuple[str, ...] = ()  # copied as written (coreos.update, manage_etc_hosts, ...)
+    deduplicated: tuple[str, ...] = ()  # units coreos-lab already enables and starts (docker.service)
+
+    def describe(self) -> str:
+        """``+2 units, +1 file`` (or ``nothing added``), then what was copied and what was already there."""
+        counts = [(self.units, "unit"), (self.files, "file"), (self.users, "user"), (self.ssh_keys, "ssh key")]
+        parts = [f"+{n} {word}{'' if n == 1 else 's'}" for n, word in counts if n]
+        parts += [f"+{name}" for name in self.sections]
+        text = ", ".join(parts) or "nothing added"
+        if self.deduplicated:
+            text += f" ({', '.join(self.deduplicated)} already enabled and started by coreos-lab)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "nodes": self.nodes,
+            "units": self.units,
+            "files": self.files,
+            "users": self.users,
+            "ssh_authorized_keys": self.ssh_keys,
+            "sections": list(self.sections),
+            "deduplicated": list(self.deduplicated),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What a render/init wrote: the config used, absolute paths written, stale files removed, warnings."""
+    """What a render/init wrote: the config used, absolute paths written, stale files removed, warnings.
+
+    ``removed`` includes coreos-lab's files of an old ``user-data/`` directory and the directory itself;
+    ``user_data`` says what the lab root's user-data added, ``ignition`` describes its config.ign (both None
+    when the lab root has none).
+    """
 
     lab_dir: Path
     config: LabConfig
     written: tuple[Path, ...]
     removed: tuple[Path, ...]
     warnings: tuple[str, ...]
+    user_data: MergeSummary | None = None
+    ignition: Ignition | None = None
 
 
 # ---------------------------------------------------------------- escaping filters
@@ -113,17 +168,23 @@ def ruby_int_hash(value: Mapping[str, int]) -> str:
 
 
 def yaml_str(value: object) -> str:
-    """A YAML double-quoted scalar: JSON strings are valid YAML, and ASCII-only output cannot break a line.
+    """A YAML double-quoted scalar: a JSON string (valid YAML), ASCII-only so it cannot break a line.
 
     ``$`` is spelled ``\\u0024`` because coreos-cloudinit replaces ``$private_ipv4`` and friends in the raw text
-    before it parses the YAML; a value must come out exactly as given.
+    before it parses the YAML; a value must come out exactly as given. A character beyond the BMP is spelled
+    ``\\UXXXXXXXX`` (YAML reads no JSON surrogate pair as one character).
 
     >>> print(yaml_str('say "$HOME"'))
     "say \\"\\u0024HOME\\""
     """
     if not isinstance(value, str):
         raise ConfigError(f"internal: yaml_str wants a string, got {type(value).__name__}")
-    return json.dumps(value, ensure_ascii=True).replace("$", "\\u0024")
+    text = json.dumps(value, ensure_ascii=False)  # escapes quotes, backslashes and control characters
+    if any(ch > "~" for ch in text):  # DEL (which YAML refuses raw) and everything beyond ASCII
+        text = "".join(
+            ch if ch <= "~" else (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}") for ch in text
+        )
+    return text.replace("$", "\\u0024")
 
 
 def systemd_env(value: object) -> str:
@@ -249,12 +310,31 @@ def lab_warnings(cfg: LabConfig) -> list[str]:
 # ---------------------------------------------------------------- rendering
 
 
-def render_lab(cfg: LabConfig, tls_material: tls.LabTLS | None = None) -> tuple[RenderedFile, ...]:
+def render_lab(
+    cfg: LabConfig,
+    tls_material: tls.LabTLS | None = None,
+    *,
+    user_data: UserData | None = None,
+    ignition: Ignition | None = None,
+) -> tuple[RenderedFile, ...]:
     """Every rendered file of the lab except coreos-lab.toml, in memory.
 
     A TLS lab (``cfg.tls``) needs its certificates (:func:`coreos_lab.tls.generate` or :func:`~coreos_lab.tls.load`);
-    its user-data then holds private keys and is written 0600. The files under ``tls/`` are not included.
+    its cloud-configs then hold private keys and are written 0600. The files under ``tls/`` are not included.
+    ``user_data`` (the lab root's, :func:`coreos_lab.pickup.read_user_data`) is merged into every node's
+    cloud-config; ``ignition`` (:func:`coreos_lab.pickup.read_ignition`) is only recorded.
     """
+    return render_lab_merged(cfg, tls_material, user_data=user_data, ignition=ignition)[0]
+
+
+def render_lab_merged(
+    cfg: LabConfig,
+    tls_material: tls.LabTLS | None = None,
+    *,
+    user_data: UserData | None = None,
+    ignition: Ignition | None = None,
+) -> tuple[tuple[RenderedFile, ...], MergeSummary | None]:
+    """:func:`render_lab`, plus what merging ``user_data`` added (None without one)."""
     config_mod.validate(cfg)
     if cfg.tls and tls_material is None:
         raise ConfigError("internal: a TLS lab renders only with its certificates (tls.generate or tls.load)")
@@ -267,14 +347,21 @@ def render_lab(cfg: LabConfig, tls_material: tls.LabTLS | None = None) -> tuple[
         ),
         RenderedFile("config.rb", env.get_template("config.rb.j2").render(**common)),
     ]
-    user_data = env.get_template("user-data.j2")
+    template = env.get_template("cloud-config.j2")
+    records = pickup.record_lines(user_data, ignition)
+    mode = 0o644
+    if cfg.tls or (user_data is not None and not user_data.mode & 0o077):
+        mode = tls.FILE_MODE  # private keys (TLS), or the user keeps their user-data private
+    summary: MergeSummary | None = None
     for node in cfg.nodes:
         fleet_metadata = ",".join(f"{k}={v}" for k, v in sorted(node.metadata.items()))
-        text = user_data.render(
+        text = template.render(
             cfg=cfg,
             node=node,
             header=HEADER,
             guest_dir=GUEST_USER_DATA_DIRS[cfg.os],
+            records=records,
+            merged=user_data is not None,
             metadata_text=metadata_text(node),
             fleet_metadata=fleet_metadata,
             etcd_env=etcd_environment(cfg, node) if cfg.os == "flatcar" else [],
@@ -282,9 +369,161 @@ def render_lab(cfg: LabConfig, tls_material: tls.LabTLS | None = None) -> tuple[
             tls_files=tls_material.node_files(node.name, cfg.os) if cfg.tls and tls_material else [],
             tls_dir=tls.NODE_TLS_DIR,
         )
-        mode = tls.FILE_MODE if cfg.tls else 0o644  # user-data of a TLS lab carries private keys
-        files.append(RenderedFile(f"{USER_DATA_DIR}/{node.name}.yaml", text, mode))
-    return tuple(files)
+        if user_data is not None:
+            text, summary = merge_cloud_config(text, user_data.parse(node.ip), user_data, len(cfg.nodes))
+        files.append(RenderedFile(f"{CLOUD_CONFIG_DIR}/{node.name}.yaml", text, mode))
+    return tuple(files), summary
+
+
+# ---------------------------------------------------------------- merging the lab's own user-data
+
+
+def merge_cloud_config(
+    ours_text: str, theirs: UserCloudConfig, source: UserData, nodes: int
+) -> tuple[str, MergeSummary]:
+    """One node's rendered cloud-config with the user's sections merged in, dumped from data.
+
+    Ours first, theirs after: ``write_files``, ``users``, ``ssh_authorized_keys``, ``coreos.units`` (a plain
+    enable/start of a unit coreos-lab already enables and starts is dropped); sections coreos-lab renders
+    nothing for are copied. The leading comment lines of ``ours_text`` (``#cloud-config``, :data:`HEADER`, the
+    records) are kept. The result must read back as the document built, and no ``$`` may reach it
+    (coreos-cloudinit would substitute it).
+    """
+    import yaml  # the user-data was parsed with it already
+
+    ours = yaml.safe_load(ours_text)
+    header = []
+    for line in ours_text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    our_files = list(ours.get("write_files") or [])
+    taken = {posixpath.normpath(f["path"]) for f in our_files}
+    for i, entry in enumerate(theirs.write_files):
+        if posixpath.normpath(entry["path"]) in taken:
+            raise UsageError(
+                f"{source.path}: write_files[{i}].path {entry['path']} is coreos-lab's (it writes that file on every "
+                f"node); remove it from {source.path.name}"
+            )
+    our_coreos = dict(ours.get("coreos") or {})
+    our_units = list(our_coreos.pop("units", []) or [])
+    our_names = {u["name"] for u in our_units}
+    added = [u for u in theirs.units if not (u["name"] in theirs.plain_units and u["name"] in our_names)]
+    dropped = sorted({u["name"] for u in theirs.units} - {u["name"] for u in added})
+    doc: dict[str, Any] = {"hostname": ours["hostname"]}
+    if theirs.ssh_authorized_keys:
+        doc["ssh_authorized_keys"] = list(theirs.ssh_authorized_keys)
+    if theirs.users:
+        doc["users"] = [dict(u) for u in theirs.users]
+    doc["write_files"] = our_files + [dict(f) for f in theirs.write_files]
+    doc.update(theirs.extra_top)
+    coreos: dict[str, Any] = {**our_coreos, **theirs.extra_coreos}
+    coreos["units"] = our_units + [dict(u) for u in added]
+    doc["coreos"] = coreos
+    body = dump_yaml(doc)
+    if "$" in body:
+        raise ConfigError("internal: a '$' reached the merged cloud-config (coreos-cloudinit would substitute it)")
+    if yaml.safe_load(body) != _resolved(doc):
+        raise ConfigError("internal: the merged cloud-config does not read back as the document built")
+    summary = MergeSummary(
+        path=source.path,
+        sha256=source.sha256,
+        nodes=nodes,
+        units=len(added),
+        files=len(theirs.write_files),
+        users=len(theirs.users),
+        ssh_keys=len(theirs.ssh_authorized_keys),
+        sections=(*theirs.extra_top, *(f"coreos.{k}" for k in theirs.extra_coreos)),
+        deduplicated=tuple(dropped),
+    )
+    return "\n".join(header) + "\n\n" + body, summary
+
+
+_PLAIN_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Plain words YAML 1.1 reads as something else than a string (a key spelled so is quoted).
+_YAML11_WORDS: Final = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+
+
+def dump_yaml(doc: Mapping[str, Any]) -> str:
+    """Block-style YAML of ``doc`` in the templates' style: a blank line between top-level sections.
+
+    Strings pass :func:`yaml_str` (a JSON string, ``$`` escaped), except multi-line printable-ASCII text without
+    ``$``, written as a ``|`` block like the templates' unit contents; :class:`~coreos_lab.pickup.RawScalar` values
+    keep the text they were written as (coreos-cloudinit reads that text into string fields).
+    """
+    lines: list[str] = []
+    for key, value in doc.items():
+        if lines:
+            lines.append("")
+        _emit_pair(key, value, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _emit_pair(key: str, value: Any, indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    name = key if _PLAIN_KEY.match(key) and key.lower() not in _YAML11_WORDS else yaml_str(key)
+    if isinstance(value, dict) and value:
+        lines.append(f"{pad}{name}:")
+        for sub_key, sub_value in value.items():
+            _emit_pair(sub_key, sub_value, indent + 2, lines)
+    elif isinstance(value, list) and value:
+        lines.append(f"{pad}{name}:")
+        _emit_items(value, indent + 2, lines)
+    elif isinstance(value, str) and _block_ok(value):
+        lines.append(f"{pad}{name}: |")
+        lines.extend(f"{pad}  {line}" if line else "" for line in value[:-1].split("\n"))
+    else:
+        lines.append(f"{pad}{name}: {_scalar(value)}")
+
+
+def _emit_items(items: Sequence[Any], indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    for item in items:
+        if isinstance(item, dict) and item:
+            sub: list[str] = []
+            for key, value in item.items():
+                _emit_pair(key, value, indent + 2, sub)
+            sub[0] = f"{pad}- {sub[0][indent + 2 :]}"
+            lines.extend(sub)
+        elif isinstance(item, list) and item:
+            lines.append(f"{pad}-")
+            _emit_items(item, indent + 2, lines)
+        else:
+            lines.append(f"{pad}- {_scalar(item)}")
+
+
+def _block_ok(text: str) -> bool:
+    """Whether ``text`` reads back exactly from a ``|`` block: lines of printable ASCII, one final newline."""
+    if "$" in text or not text.endswith("\n") or text.endswith("\n\n") or text[:1] in ("", " ", "\n"):
+        return False
+    return all(" " <= ch <= "~" or ch == "\n" for ch in text)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, RawScalar):
+        return value.text or "null"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    if isinstance(value, int | float):
+        return str(value)
+    return yaml_str(value)
+
+
+def _resolved(value: Any) -> Any:
+    """``value`` as a YAML reader returns it (RawScalars -> their values)."""
+    if isinstance(value, RawScalar):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    return value
 
 
 def render_toml(cfg: LabConfig) -> RenderedFile:
@@ -383,53 +622,79 @@ def write_lab_files(
     return tuple(placed)
 
 
-def _stale_user_data(lab_dir: Path, keep: Iterable[str]) -> list[Path]:
-    """user-data/*.yaml files we rendered earlier for nodes the lab no longer has."""
-    directory = lab_dir / USER_DATA_DIR
+def _stale_cloud_configs(lab_dir: Path, keep: Iterable[str]) -> list[Path]:
+    """cloud-config/*.yaml files we rendered earlier for nodes the lab no longer has."""
+    directory = lab_dir / CLOUD_CONFIG_DIR
     if not directory.is_dir():
         return []
     wanted = {PurePosixPath(p).name for p in keep}
-    stale = []
-    for path in sorted(directory.glob("*.yaml")):
-        if path.name in wanted:
-            continue
-        try:
-            with path.open(encoding="utf-8", errors="replace") as fh:
-                head = fh.read(4096)
-        except OSError:
-            continue
-        if HEADER in head:  # only ever remove files that say we made them
-            stale.append(path)
-    return stale
-
-
-def _check_user_data_dir(lab_dir: Path) -> None:
-    path = lab_dir / USER_DATA_DIR
-    if path.exists() and not path.is_dir():
-        raise UsageError(
-            f"{path} is a file (a coreos-vagrant lab?); coreos-lab keeps one user-data per node in the "
-            f"directory {USER_DATA_DIR}/: move the file away first"
-        )
+    # only ever remove files that say we made them
+    return [p for p in sorted(directory.glob("*.yaml")) if p.name not in wanted and pickup.is_ours(p)]
 
 
 def existing_lab_files(lab_dir: Path) -> list[Path]:
-    """Files of a lab already present in ``lab_dir`` (what ``init`` refuses to overwrite without --force)."""
-    candidates = [lab_dir / CONFIG_NAME, *(lab_dir / name for name in RENDERED_TOP), lab_dir / USER_DATA_DIR]
+    """Files of a lab already present in ``lab_dir`` (what ``init`` refuses to overwrite without --force).
+
+    The lab root's own ``user-data`` file and ``config.ign`` are the user's input, not part of a lab; an old
+    ``user-data/`` directory is.
+    """
+    candidates = [lab_dir / CONFIG_NAME, *(lab_dir / name for name in RENDERED_TOP), lab_dir / CLOUD_CONFIG_DIR]
+    if (lab_dir / pickup.LEGACY_USER_DATA_DIR).is_dir():
+        candidates.append(lab_dir / pickup.LEGACY_USER_DATA_DIR)
     candidates.append(lab_dir / tls.TLS_DIR)  # a lab CA is never replaced without --force
     return [p for p in candidates if p.exists()]
 
 
-def _write(lab_dir: Path, cfg: LabConfig, files: Sequence[RenderedFile]) -> WriteResult:
-    """Write the lab with Ctrl-C held back (:func:`~coreos_lab.fsutil.deferred_interrupt`): all or nothing."""
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """The lab root's own files, checked before anything is written: user-data, config.ign, old user-data/."""
+
+    user_data: UserData | None
+    ignition: Ignition | None
+    legacy: tuple[Path, ...]  # coreos-lab's files in an old user-data/ directory, to remove after the write
+    legacy_dir: bool  # there is such a directory (to remove once empty)
+
+    @classmethod
+    def read(cls, lab_dir: Path, cfg: LabConfig) -> _Inputs:
+        legacy = tuple(pickup.check_legacy_user_data(lab_dir))  # UsageError when it holds anything else
+        legacy_dir = pickup.legacy_user_data(lab_dir) is not None
+        user_data = pickup.read_user_data(lab_dir)
+        if user_data is not None:
+            for node in cfg.nodes:
+                user_data.parse(node.ip)  # every refusal now, before a token is fetched or a file written
+        return cls(user_data, pickup.read_ignition(lab_dir, cfg.provider), legacy, legacy_dir)
+
+
+def _write(
+    lab_dir: Path, cfg: LabConfig, files: Sequence[RenderedFile], inputs: _Inputs, summary: MergeSummary | None
+) -> WriteResult:
+    """Write the lab with Ctrl-C held back (:func:`~coreos_lab.fsutil.deferred_interrupt`): all or nothing.
+
+    Afterwards (the lab is complete by then) stale cloud-configs and coreos-lab's files of an old
+    ``user-data/`` directory are removed, and the directory when that empties it.
+    """
+    warnings = list(lab_warnings(cfg))
     with deferred_interrupt() as interrupted:
         written = write_lab_files(lab_dir, files, interrupted)
         removed = []
-        for path in _stale_user_data(lab_dir, [f.path for f in files if f.path.startswith(f"{USER_DATA_DIR}/")]):
-            with contextlib.suppress(OSError):
+        keep = [f.path for f in files if f.path.startswith(f"{CLOUD_CONFIG_DIR}/")]
+        for path in (*_stale_cloud_configs(lab_dir, keep), *inputs.legacy):
+            try:
                 path.unlink()
                 removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                warnings.append(f"could not remove {path}: {exc.strerror or exc}")
+        legacy_dir = lab_dir / pickup.LEGACY_USER_DATA_DIR
+        if inputs.legacy_dir and legacy_dir.is_dir() and not legacy_dir.is_symlink():
+            try:
+                legacy_dir.rmdir()
+                removed.append(legacy_dir)
+            except OSError as exc:
+                warnings.append(f"could not remove {legacy_dir}/: {exc.strerror or exc} (Flatcar's box uploads it)")
         tls.tighten(lab_dir)
-    return WriteResult(lab_dir, cfg, written, tuple(removed), tuple(lab_warnings(cfg)))
+    return WriteResult(lab_dir, cfg, written, tuple(removed), tuple(warnings), summary, inputs.ignition)
 
 
 def init_lab(
@@ -444,13 +709,14 @@ def init_lab(
     """Create a lab: check the input, get a discovery URL if the bootstrap needs one, render, write.
 
     Nothing touches the disk until every file has rendered; nothing talks to the network when the directory
-    would be refused anyway.
+    would be refused anyway (an old ``user-data/`` holding files coreos-lab did not render is refused even
+    with ``force``; the lab root's user-data and config.ign are checked first).
     """
     lab_dir = Path(lab_dir).absolute()
     config_mod.validate(draft, draft=True)
     if lab_dir.exists() and not lab_dir.is_dir():
         raise UsageError(f"{lab_dir} exists and is not a directory")
-    _check_user_data_dir(lab_dir)
+    inputs = _Inputs.read(lab_dir, draft)
     present = existing_lab_files(lab_dir)
     if present and not force:
         raise UsageError(
@@ -461,18 +727,24 @@ def init_lab(
         raise UsageError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
     cfg = discovery.resolve(draft, service=discovery_service, endpoint=discovery_endpoint, policy=policy)
     material = tls.generate(cfg) if cfg.tls else None
-    files = (render_toml(cfg), *render_lab(cfg, material), *_tls_files(material))
-    return _write(lab_dir, cfg, files)
+    rendered, summary = render_lab_merged(cfg, material, user_data=inputs.user_data, ignition=inputs.ignition)
+    files = (render_toml(cfg), *rendered, *_tls_files(material))
+    return _write(lab_dir, cfg, files, inputs, summary)
 
 
 def render_existing(lab_dir: Path) -> WriteResult:
-    """Re-render a lab from its coreos-lab.toml (which is left untouched; no network, no new token)."""
+    """Re-render a lab from its coreos-lab.toml (which is left untouched; no network, no new token).
+
+    Merges the lab root's user-data again, checks its config.ign, and moves an old layout on: coreos-lab's files
+    in ``user-data/`` are removed (and the directory once empty); anything else there is refused.
+    """
     lab_dir = Path(lab_dir).absolute()
     cfg = config_mod.load(lab_dir)
-    _check_user_data_dir(lab_dir)
+    inputs = _Inputs.read(lab_dir, cfg)
     material = tls.load(lab_dir, cfg) if cfg.tls else None
-    files = (*render_lab(cfg, material), *_tls_files(material, only_issued=True))
-    result = _write(lab_dir, cfg, files)
+    rendered, summary = render_lab_merged(cfg, material, user_data=inputs.user_data, ignition=inputs.ignition)
+    files = (*rendered, *_tls_files(material, only_issued=True))
+    result = _write(lab_dir, cfg, files, inputs, summary)
     if material is not None and material.issued:
         what = ["a new lab CA" if "ca" in material.issued else ""]
         what += [f"certificates for {n}" for n in material.issued if n != "ca"]

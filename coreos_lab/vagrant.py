@@ -248,7 +248,7 @@ class VagrantLab:
             invalidate_ssh_config(self.lab_dir)
 
     def provision(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
-        """Re-run the provisioners: copies each node's user-data again, which makes the box re-apply it."""
+        """Re-run the provisioners: copies each node's cloud-config again and applies it (the rendered provisioner)."""
         self._stream(["provision", *(nodes or [])], on_line)
 
     # -- plumbing ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""CLI commands that create and re-render a lab: ``init`` and ``render``."""
+"""CLI commands that create and re-render a lab: ``init`` and ``render``; the check ``up`` runs first."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from coreos_lab import config as config_mod
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import UsageError
+from coreos_lab.pickup import LEGACY_USER_DATA_DIR
 from coreos_lab.secrets import mask_token
 
 if TYPE_CHECKING:  # render (jinja2, cryptography) and discovery (requests) load only when a command runs
@@ -61,6 +62,8 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
             "tls": cfg.tls,
             "nodes": [{"name": n.name, "ip": n.ip, "metadata": dict(n.metadata)} for n in cfg.nodes],
             "warnings": list(result.warnings),
+            "user_data": result.user_data.as_dict() if result.user_data else None,
+            "config_ign": _ignition_dict(result),
         }
         emit_json(data)
         return
@@ -73,8 +76,36 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     base = result.lab_dir.resolve()
     for path in result.written:
         typer.echo(f"  wrote {_rel(path, base)}")
+    legacy = result.lab_dir / LEGACY_USER_DATA_DIR
     for path in result.removed:
-        typer.echo(f"  removed {_rel(path, base)}")
+        if path == legacy:
+            typer.echo(f"  removed {LEGACY_USER_DATA_DIR}/ (the old layout: Flatcar's box would upload it whole)")
+        elif legacy in path.parents:
+            typer.echo(f"  removed {_rel(path, base)} (the old layout)")
+        else:
+            typer.echo(f"  removed {_rel(path, base)}")
+    if result.user_data is not None:
+        merged = result.user_data
+        typer.echo(f"  merged {_rel(merged.path, base)} into {merged.nodes} node configs: {merged.describe()}")
+    if result.ignition is not None:
+        ign = result.ignition
+        typer.echo(
+            f"  {_rel(ign.path, base)}: left for the box to hand to Ignition at first boot (spec {ign.version}, "
+            f"{ign.size} bytes; {ign.delivery}; a changed one needs the nodes destroyed and brought up again)"
+        )
+
+
+def _ignition_dict(result: WriteResult) -> dict[str, Any] | None:
+    ign = result.ignition
+    if ign is None:
+        return None
+    return {
+        "path": str(ign.path),
+        "sha256": ign.sha256,
+        "bytes": ign.size,
+        "version": ign.version,
+        "note": ign.delivery,
+    }
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -121,7 +152,11 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing lab."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Create a lab: coreos-lab.toml, Vagrantfile, config.rb and user-data/<node>.yaml."""
+    """Create a lab: coreos-lab.toml, Vagrantfile, config.rb and cloud-config/<node>.yaml.
+
+    A user-data file (cloud-config) in the directory is merged into every node's cloud-config; a config.ign
+    there is checked and left for the box to hand to Ignition.
+    """
     mode = _bootstrap(bootstrap, discovery_url, discovery_endpoint)
     draft = LabConfig(
         instances=instances,
@@ -155,15 +190,33 @@ def init(
     )
     _report(result, as_json=as_json, verb="Created lab")
     if not as_json:
-        typer.echo(f"Next: cd {shlex.quote(str(directory))} && vagrant up")
+        typer.echo(f"Next: cd {shlex.quote(str(directory))} && coreos-lab up")
 
 
 def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Re-render Vagrantfile, config.rb and user-data/ from coreos-lab.toml (never fetches a new token)."""
+    """Re-render Vagrantfile, config.rb and cloud-config/ from coreos-lab.toml (never fetches a new token).
+
+    Merges the lab's user-data file again, checks its config.ign, and removes coreos-lab's files from an old
+    user-data/ directory.
+    """
     from coreos_lab.render import render_existing
 
     result = render_existing(lab_dir(lab))
     _report(result, as_json=as_json, verb="Rendered lab")
+
+
+def refuse_unexpected_pickups(path: Path, cfg: LabConfig) -> None:
+    """Before ``up`` boots anything: one ``error:`` line per file Flatcar's box would pick up unexpectedly, a hint,
+    exit 2 (:func:`coreos_lab.pickup.pickup_problems`)."""
+    from coreos_lab.pickup import pickup_problems
+
+    problems = pickup_problems(path, cfg)
+    if not problems:
+        return
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    typer.echo("hint: run 'coreos-lab render' first (it merges and checks them), then 'coreos-lab up'", err=True)
+    raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

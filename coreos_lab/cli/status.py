@@ -21,16 +21,19 @@ def doctor(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Check this host for running a lab: vagrant, provider plugin, network range, libvirt, RAM."""
+    lab_path: Path | None = None
     try:
-        cfg = labconfig.load(lab) if lab is not None else labconfig.load(labconfig.find_lab_dir())
+        lab_path = lab if lab is not None else labconfig.find_lab_dir()
+        cfg = labconfig.load(lab_path)
     except ConfigError:
         if lab is not None:
             raise
+        lab_path = None
         cfg = labconfig.LabConfig()
     changes = {k: v for k, v in (("provider", provider), ("instances", instances), ("memory", memory)) if v}
     if changes:
         cfg = cfg.with_changes(**changes)
-    checks = doctor_mod.run_checks(cfg)
+    checks = doctor_mod.run_checks(cfg, lab_dir=lab_path)
     failed = [c for c in checks if not c.ok and not c.warning]
     if as_json:
         emit_json(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import typer
 
 from coreos_lab import config as labconfig
+from coreos_lab import nodeshell
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
 from coreos_lab.errors import CoreosLabError, VagrantError
 
@@ -98,7 +99,7 @@ def probe_command(unit: str, *, tls: bool = False) -> str:
     etcdctl = etcdctl_tls() if tls else ETCDCTL
     return (
         "printf 'hostname=%s\\n' \"$(hostname)\"; "
-        "printf 'ips=%s\\n' \"$(hostname -I 2>/dev/null)\"; "
+        f"printf 'ips=%s\\n' \"$({nodeshell.ADDRESSES})\"; "
         f"printf 'active=%s\\n' \"$(systemctl is-active {unit} 2>/dev/null)\"; "
         f"if {etcdctl} endpoint health >/dev/null 2>&1; then echo health=ok; else echo health=bad; fi; "
         f"{etcdctl} member list 2>/dev/null | sed 's/^/member=/'; true"
@@ -301,6 +302,9 @@ def up(
 ) -> None:
     """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy."""
     path, cfg = _lab(lab)
+    from coreos_lab.cli.lab import refuse_unexpected_pickups
+
+    refuse_unexpected_pickups(path, cfg)  # before Vagrant: what Flatcar's box would hand the nodes unchecked
     chosen = _check_nodes(cfg, nodes or [])
     targets = chosen or [n.name for n in cfg.nodes]
     vm = _vagrant(path, cfg)
@@ -431,7 +435,7 @@ def destroy(
 def reload(
     nodes: list[str] = NODES_ARG,
     lab: Path | None = LAB_OPTION,
-    provision: bool = typer.Option(False, "--provision", help="Also copy the user-data again."),
+    provision: bool = typer.Option(False, "--provision", help="Also copy the cloud-config again (and apply it)."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Reboot the lab's nodes (re-reading the Vagrantfile)."""
@@ -443,7 +447,7 @@ def provision(
     lab: Path | None = LAB_OPTION,
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
-    """Copy each node's user-data again; the node re-applies it (like a Flatcar reboot would)."""
+    """Copy each node's cloud-config again and apply it now (on Flatcar a replaced file waits for a reboot)."""
     _simple("provision", nodes, lab, verbose)
 
 

@@ -45,7 +45,7 @@ SCRIPT = Path(sys.executable).parent / "coreos-lab"
 
 
 def rendered_env(lab: Path, node: str) -> dict[str, str]:
-    doc = yaml.safe_load((lab / "user-data" / f"{node}.yaml").read_text())
+    doc = yaml.safe_load((lab / "cloud-config" / f"{node}.yaml").read_text())
     unit = next(u for u in doc["coreos"]["units"] if u["name"] == "etcd-member.service")
     (dropin,) = unit["drop_ins"]
     pairs = [unquote_env(v) for k, v in parse_unit(dropin["content"])["Service"] if k == "Environment"]

@@ -71,7 +71,7 @@ AS_ETCD = ["setpriv", "--reuid=etcd", "--regid=etcd", "--clear-groups"]
 
 def rendered_node(lab_dir: Path, node: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """(environment of the etcd-member drop-in, write_files entries) of one node's rendered user-data."""
-    doc = yaml.safe_load((lab_dir / "user-data" / f"{node}.yaml").read_text())
+    doc = yaml.safe_load((lab_dir / "cloud-config" / f"{node}.yaml").read_text())
     (unit,) = [u for u in doc["coreos"]["units"] if u["name"] == "etcd-member.service"]
     (dropin,) = unit["drop_ins"]
     env = dict(unquote_env(v) for k, v in parse_unit(dropin["content"])["Service"] if k == "Environment")

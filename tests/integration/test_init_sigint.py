@@ -26,9 +26,9 @@ EXPECTED = {
     "coreos-lab.toml",
     "Vagrantfile",
     "config.rb",
-    "user-data/core-01.yaml",
-    "user-data/core-02.yaml",
-    "user-data/core-03.yaml",
+    "cloud-config/core-01.yaml",
+    "cloud-config/core-02.yaml",
+    "cloud-config/core-03.yaml",
     "tls/ca.pem",
     "tls/ca-key.pem",
     "tls/client.pem",
@@ -44,7 +44,7 @@ def files(lab: Path) -> set[str]:
 def assert_complete(lab: Path, delay: float) -> None:
     assert files(lab) == EXPECTED, (delay, sorted(files(lab)))
     for node in ("core-01", "core-02", "core-03"):
-        text = (lab / "user-data" / f"{node}.yaml").read_text()
+        text = (lab / "cloud-config" / f"{node}.yaml").read_text()
         assert text.startswith("#cloud-config\n")
         assert isinstance(yaml.safe_load(text), dict)
     assert "instances = 3" in (lab / "coreos-lab.toml").read_text()

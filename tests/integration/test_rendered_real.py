@@ -298,16 +298,20 @@ def test_configure_block_per_node(tmp_path: Path, os_name: str, provider: str) -
         pre = f"config.vm.define({node.name})"
         assert (f"{pre}.vm.hostname=", [node.name], {}) in calls
         assert (f"{pre}.vm.network", ["private_network"], {"ip": node.ip}) in calls
-        file_prov = next(c for c in calls if c[0] == f"{pre}.vm.provision" and c[1] == ["file"])
+        provisions = [c for c in calls if c[0] == f"{pre}.vm.provision"]
+        assert [c[1] for c in provisions] == [["file"], ["shell"]], "upload first, then place it"
+        file_prov, shell_prov = provisions
         assert file_prov[2] == {
-            "source": str(tmp_path / "user-data" / f"{node.name}.yaml"),
-            "destination": "/tmp/vagrantfile-user-data",
+            # not /tmp/vagrantfile-user-data: Flatcar's box uploads the lab's own user-data there
+            "source": str(tmp_path / "cloud-config" / f"{node.name}.yaml"),
+            "destination": "/tmp/coreos-lab-user-data",
         }
-        shell_prov = next(c for c in calls if c[0] == f"{pre}.vm.provision" and c[1] == ["shell"])
-        assert shell_prov[2] == {
-            "privileged": "true",
-            "inline": f"mkdir -p {guest_dir} && mv /tmp/vagrantfile-user-data {guest_dir}/vagrantfile-user-data",
-        }
+        assert set(shell_prov[2]) == {"privileged", "inline", "args"}
+        assert shell_prov[2]["privileged"] == "true"
+        assert json.loads(shell_prov[2]["args"]) == [guest_dir, "/tmp/coreos-lab-user-data"]
+        script = shell_prov[2]["inline"]
+        assert script == place_script(tmp_path), "every node runs the same script"
+        assert script.startswith("#!/bin/sh\nset -eu\n")
         lv = {c[0].rsplit(".", 1)[1]: c[1] for c in calls if c[0].startswith(f"{pre}.vm.provider(libvirt).")}
         vb = [c for c in calls if c[0].startswith(f"{pre}.vm.provider(virtualbox).")]
         assert lv == {"driver=": ["qemu"], "memory=": ["1536"], "cpus=": ["2"]}
@@ -317,11 +321,124 @@ def test_configure_block_per_node(tmp_path: Path, os_name: str, provider: str) -
     assert not [p for p in paths if ".vm.provider(virtualbox)." in p and ("driver" in p or "serial" in p)]
 
 
-def test_configure_block_driver_env_and_missing_user_data(tmp_path: Path) -> None:
+def test_configure_block_driver_env_and_missing_cloud_config(tmp_path: Path) -> None:
     init_lab(tmp_path, lab(provider="libvirt", instances=2, metadata={}))
-    (tmp_path / "user-data" / "core-02.yaml").unlink()
+    (tmp_path / "cloud-config" / "core-02.yaml").unlink()
     calls = record_vagrantfile(tmp_path, {"COREOS_LAB_LIBVIRT_DRIVER": "kvm"})
     assert ("config.vm.define(core-01).vm.provider(libvirt).driver=", ["kvm"], {}) in calls
     assert any(c[0] == "config.vm.define(core-01).vm.provision" for c in calls)
-    # a node without a rendered user-data gets no provisioner (coreos-vagrant's behaviour), not a broken one
+    # a node without a rendered cloud-config gets no provisioner (coreos-vagrant's behaviour), not a broken one
     assert not any(c[0] == "config.vm.define(core-02).vm.provision" for c in calls)
+
+
+# ---------------------------------------------------------------- the placing script, run for real by /bin/sh
+
+
+def place_script(lab_dir: Path) -> str:
+    """PLACE_CLOUD_CONFIG of the rendered Vagrantfile, as Ruby evaluates the heredoc."""
+    harness = HARNESS.split("print JSON.generate")[0] + "print PLACE_CLOUD_CONFIG\n"
+    proc = ruby("-e", harness, str(lab_dir / "Vagrantfile"), cwd=lab_dir)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl stand-in: the unit's states come from $STATES (one per is-active call, the last one repeats),
+# LoadState from $LOAD; every call is logged.
+echo "systemctl $*" >> "$LOG"
+case "$1" in
+  is-active)
+    n=$(cat "$COUNT" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$COUNT"
+    set -- $STATES
+    shift "$(( n < $# ? n : $# - 1 ))"
+    echo "$1"
+    [ "$1" = active ] ;;
+  show) echo "$LOAD" ;;
+  restart|start) [ -z "${FAIL:-}" ] ;;
+  *) true ;;
+esac
+"""
+
+
+def run_place(
+    tmp_path: Path, *, states: str, load: str = "loaded", fail: bool = False, old_dir: bool = False
+) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """Run the rendered script with stand-ins for systemctl, systemd-escape, sleep and timeout."""
+    init_lab(tmp_path / "lab", lab(instances=1, metadata={}))
+    script = tmp_path / "place.sh"
+    script.write_text(place_script(tmp_path / "lab"))
+    script.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemd-escape").write_text('#!/bin/sh\necho "escaped-$2"\n')
+    (bin_dir / "sleep").write_text("#!/bin/sh\ntrue\n")
+    (bin_dir / "timeout").write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    guest = tmp_path / "guest"
+    if old_dir:
+        (guest / "vagrantfile-user-data").mkdir(parents=True)
+        (guest / "vagrantfile-user-data" / "core-01.yaml").write_text("old layout")
+    upload = tmp_path / "upload"
+    upload.write_text("#cloud-config\nours\n")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "LOG": str(tmp_path / "log"),
+        "COUNT": str(tmp_path / "count"),
+        "STATES": states,
+        "LOAD": load,
+        **({"FAIL": "1"} if fail else {}),
+    }
+    proc = subprocess.run(
+        ["/bin/sh", str(script), str(guest), str(upload)], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    log = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
+    return proc, log, guest
+
+
+def test_place_script_on_a_fresh_node_starts_the_unit_for_a_path_unit_that_gave_up(tmp_path: Path) -> None:
+    proc, log, guest = run_place(tmp_path, states="inactive")
+    assert proc.returncode == 0, proc.stderr
+    assert (guest / "vagrantfile-user-data").read_text() == "#cloud-config\nours\n"
+    unit = f"user-cloudinit@escaped-{guest}/vagrantfile-user-data.service"
+    assert f"systemctl start {unit}" in log  # a no-op when the path unit already ran it
+    assert not any("restart" in line for line in log)
+
+
+def test_place_script_restarts_a_unit_that_applied_another_file(tmp_path: Path) -> None:
+    proc, log, guest = run_place(tmp_path, states="activating activating active")
+    assert proc.returncode == 0, proc.stderr
+    assert "applying the new cloud-config" in proc.stdout
+    unit = f"user-cloudinit@escaped-{guest}/vagrantfile-user-data.service"
+    assert log.count(f"systemctl is-active {unit}") == 4  # waited while activating, then saw it active
+    assert log[-1] == f"systemctl restart {unit}"
+    assert (guest / "vagrantfile-user-data").read_text() == "#cloud-config\nours\n"
+
+
+def test_place_script_replaces_a_directory_the_box_uploaded(tmp_path: Path) -> None:
+    proc, log, guest = run_place(tmp_path, states="inactive", old_dir=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed the directory" in proc.stdout
+    assert (guest / "vagrantfile-user-data").is_file()
+    assert any(line.startswith("systemctl start ") for line in log)
+
+
+def test_place_script_without_the_unit_only_places_the_file(tmp_path: Path) -> None:
+    # The lab box before it had Flatcar's user-cloudinit@ unit: its own path units apply the file.
+    proc, log, guest = run_place(tmp_path, states="inactive", load="not-found")
+    assert proc.returncode == 0, proc.stderr
+    assert (guest / "vagrantfile-user-data").is_file()
+    assert not any(" start " in f" {line} " or "restart" in line for line in log)
+
+
+def test_place_script_fails_loudly(tmp_path: Path) -> None:
+    proc, _, _ = run_place(tmp_path, states="active", fail=True)
+    assert proc.returncode == 1
+    assert "failed to apply" in proc.stderr
+    proc, _, guest = run_place(tmp_path / "again", states="activating")
+    assert proc.returncode == 1
+    assert "still activating after 600 s" in proc.stderr
+    assert not (guest / "vagrantfile-user-data").exists(), "nothing is replaced while another run is under way"

@@ -56,7 +56,7 @@ TLS_VARS = {
 
 def rendered_node(lab_dir: Path, node: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     """(etcd environment of the drop-in, write_files entries) of one node's rendered user-data."""
-    doc = yaml.safe_load((lab_dir / "user-data" / f"{node}.yaml").read_text())
+    doc = yaml.safe_load((lab_dir / "cloud-config" / f"{node}.yaml").read_text())
     (unit,) = [u for u in doc["coreos"]["units"] if u["name"] == "etcd-member.service"]
     (dropin,) = unit["drop_ins"]
     parsed = parse_unit(dropin["content"])

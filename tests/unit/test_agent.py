@@ -117,7 +117,7 @@ def test_rendered_lab_user_data_is_applied_without_warnings_except_docker(root: 
     cfg = LabConfig(instances=3, provider="libvirt", box="coreos-lab/lab", bootstrap="static")
     files = {f.path: f.content for f in render_lab(cfg)}
     rec = Recorder(missing={"docker.service"})
-    report = apply(root, files["user-data/core-02.yaml"], rec)
+    report = apply(root, files["cloud-config/core-02.yaml"], rec)
     assert report.errors == []
     assert [w for w in report.warnings if "docker" not in w] == []
     dropin = (root / "etc/systemd/system/etcd-member.service.d/20-cluster.conf").read_text()

@@ -39,9 +39,9 @@ def test_init_default(tmp_path: Path) -> None:
             CONFIG_NAME,
             "Vagrantfile",
             "config.rb",
-            "user-data/core-01.yaml",
-            "user-data/core-02.yaml",
-            "user-data/core-03.yaml",
+            "cloud-config/core-01.yaml",
+            "cloud-config/core-02.yaml",
+            "cloud-config/core-03.yaml",
         ]
     )
     assert "bootstrap static" in out
@@ -98,8 +98,8 @@ def test_init_refuses_then_force(tmp_path: Path) -> None:
     assert len(load(tmp_path).nodes) == 3
     code, out, err = run("init", str(tmp_path), "--instances", "1", "--force")
     assert code == 0, err
-    assert "removed user-data/core-02.yaml" in out
-    assert files_under(tmp_path / "user-data") == ["core-01.yaml"]
+    assert "removed cloud-config/core-02.yaml" in out
+    assert files_under(tmp_path / "cloud-config") == ["core-01.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_discovery_token_from_env_service(tmp_path: Path, service: FakeService) 
     code, _, err = run("render", "--lab", str(target))
     assert code == 0, err
     assert len(service.requests) == 1
-    assert f"{service.url}/{TOKEN}" in (target / "user-data" / "core-02.yaml").read_text()
+    assert f"{service.url}/{TOKEN}" in (target / "cloud-config" / "core-02.yaml").read_text()
 
 
 def test_discovery_url_is_reused_without_network(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_hostile_metadata_is_escaped(tmp_path: Path) -> None:
     value = "x'\"$(reboot)`id`#{system(1)}\\"
     code, _, err = run("init", str(tmp_path), "--os", "coreos", "--metadata", f"core-02=note={value}")
     assert code == 0, err
-    doc = yaml.safe_load((tmp_path / "user-data" / "core-02.yaml").read_text())
+    doc = yaml.safe_load((tmp_path / "cloud-config" / "core-02.yaml").read_text())
     assert doc["write_files"][0]["content"] == f"note={value}\n"
     assert doc["coreos"]["fleet"]["metadata"] == f"note={value}"
     assert load(tmp_path).metadata["core-02"]["note"] == value
@@ -199,9 +199,9 @@ def test_render_after_edit(tmp_path: Path) -> None:
     assert code == 0, err
     data = json.loads(out)
     assert len(data["nodes"]) == 4
-    assert str(tmp_path / "user-data" / "core-04.yaml") in data["written"]
+    assert str(tmp_path / "cloud-config" / "core-04.yaml") in data["written"]
     assert str(tmp_path / CONFIG_NAME) not in data["written"]
-    assert "ETCD_NAME=core-04" in (tmp_path / "user-data" / "core-04.yaml").read_text()
+    assert "ETCD_NAME=core-04" in (tmp_path / "cloud-config" / "core-04.yaml").read_text()
 
 
 def test_render_without_lab_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,10 +235,80 @@ def script(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> su
 def test_console_script_init_and_render(tmp_path: Path) -> None:
     proc = script("init", "mylab", "--instances", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "Next: cd mylab && vagrant up" in proc.stdout
-    proc = script("render", cwd=tmp_path / "mylab" / "user-data")
+    assert "Next: cd mylab && coreos-lab up" in proc.stdout
+    proc = script("render", cwd=tmp_path / "mylab" / "cloud-config")
     assert proc.returncode == 0, proc.stderr
     assert "Rendered lab" in proc.stdout
+
+
+def test_init_and_render_say_what_they_merged_and_left(tmp_path: Path) -> None:
+    (tmp_path / "user-data").write_text(
+        "#cloud-config\nwrite_files:\n  - path: /etc/a\ncoreos:\n  units:\n    - name: a.service\n"
+        "      command: start\n    - name: b.service\n      command: start\n"
+    )
+    (tmp_path / "config.ign").write_text('{"ignition": {"version": "3.4.0"}}')
+    code, out, err = run("init", str(tmp_path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "  merged user-data into 3 node configs: +2 units, +1 file" in lines
+    ign = next(line for line in lines if line.startswith("  config.ign: "))
+    assert ign.startswith("  config.ign: left for the box to hand to Ignition at first boot (spec 3.4.0, 34 bytes;")
+    assert "/Ignition/Config" in ign
+    assert lines[-1] == f"Next: cd {tmp_path} && coreos-lab up"
+    code, out, err = run("render", "--lab", str(tmp_path), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["user_data"]["nodes"] == 3
+    assert (data["user_data"]["units"], data["user_data"]["files"]) == (2, 1)
+    assert data["user_data"]["path"] == str(tmp_path / "user-data")
+    assert data["config_ign"]["version"] == "3.4.0"
+    assert data["config_ign"]["bytes"] == 34
+    assert len(data["config_ign"]["sha256"]) == 64
+    plain = tmp_path / "plain"
+    assert run("init", str(plain))[0] == 0
+    data = json.loads(run("render", "--lab", str(plain), "--json")[1])
+    assert (data["user_data"], data["config_ign"]) == (None, None)
+
+
+def test_render_reports_the_old_layout_it_removed(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path), "--instances", "1")[0] == 0
+    old = tmp_path / "user-data"
+    old.mkdir()
+    (tmp_path / "cloud-config" / "core-01.yaml").rename(old / "core-01.yaml")
+    code, out, err = run("render", "--lab", str(tmp_path))
+    assert code == 0, err
+    assert "  removed user-data/core-01.yaml (the old layout)" in out
+    assert "  removed user-data/ (the old layout: Flatcar's box would upload it whole)" in out
+    assert not old.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("user-data", "#cloud-config\ncoreos:\n  etcd2:\n    name: x\n", "coreos.etcd2 is coreos-lab's"),
+        ("user-data", "#!/bin/sh\n", "is not a cloud-config"),
+        ("config.ign", '{"ignition": {"version": "2.2.0"}}', "ignition.version"),
+    ],
+)
+def test_bad_root_files_exit_2_with_one_line(tmp_path: Path, name: str, text: str, match: str) -> None:
+    (tmp_path / name).write_text(text)
+    code, _, err = run("init", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ")
+    assert match in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_init_refuses_a_user_data_directory_that_is_not_ours_even_with_force(tmp_path: Path) -> None:
+    (tmp_path / "user-data").mkdir()
+    (tmp_path / "user-data" / "mine.yaml").write_text("#cloud-config\n")
+    code, _, err = run("init", str(tmp_path), "--force")
+    assert code == 2
+    assert "holds files coreos-lab did not render (mine.yaml)" in err
+    assert "Flatcar's box would upload the whole directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user-data"]
 
 
 def test_console_script_exit_codes(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,3 +62,56 @@ def test_cli_doctor_json_and_exit_code(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["doctor", "--provider", "virtualbox", "--json"], env={"PATH": str(tmp_path)})
     assert result.exit_code == 1
     assert '"status": "FAIL"' in result.stdout
+
+
+# ---------------------------------------------------------------- what Flatcar's box would pick up
+
+
+def test_pickup_problems_are_warnings(tmp_path: Path) -> None:
+    from coreos_lab.render import init_lab
+
+    cfg = init_lab(tmp_path, LabConfig(instances=2)).config
+    (ok,) = doctor.check_pickup(tmp_path, cfg)
+    assert ok.ok
+    assert ok.status == "ok"
+    (tmp_path / "user-data").write_text("#cloud-config\n")
+    (tmp_path / "config.ign").write_text('{"ignition": {"version": "3.3.0"}}')
+    checks = doctor.check_pickup(tmp_path, cfg)
+    assert [c.status for c in checks] == ["warn", "warn"]
+    assert checks[0].detail.startswith("user-data was added since the last render")
+    assert checks[1].detail.startswith("config.ign was added since the last render")
+    assert "coreos-lab render" in checks[0].fix
+    assert checks[1].fix == "", "the fix is said once"
+
+
+def test_run_checks_with_a_lab_dir_adds_the_pickup_warnings(tmp_path: Path) -> None:
+    from coreos_lab.render import init_lab
+
+    cfg = init_lab(tmp_path, LabConfig(instances=1)).config
+    (tmp_path / "user-data").mkdir()
+    without = doctor.run_checks(cfg, fake_exec({}))
+    with_lab = doctor.run_checks(cfg, fake_exec({}), lab_dir=tmp_path)
+    assert [c.name for c in with_lab[: len(without)]] == [c.name for c in without]
+    (extra,) = with_lab[len(without) :]
+    assert (extra.name, extra.status) == ("lab files", "warn")
+    assert "user-data/ is a directory" in extra.detail
+
+
+def test_pickup_check_of_an_unrendered_lab_with_a_config_ign_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "config.ign").write_text("{}")
+    (check,) = doctor.check_pickup(tmp_path, LabConfig())
+    assert check.status == "warn"
+    assert check.detail.startswith("config.ign in the lab, but cloud-config/core-01.yaml,")
+
+
+def test_cli_doctor_in_a_lab_shows_what_the_box_would_pick_up(tmp_path: Path) -> None:
+    from coreos_lab.render import init_lab
+
+    init_lab(tmp_path, LabConfig(instances=1))
+    (tmp_path / "user-data").write_text("#cloud-config\n")
+    result = CliRunner().invoke(app, ["doctor", "--lab", str(tmp_path), "--json"], env={"PATH": str(tmp_path)})
+    assert "Traceback" not in result.output
+    checks = json.loads(result.stdout)["checks"]
+    (pickup,) = [c for c in checks if c["name"] == "lab files"]
+    assert pickup["status"] == "warn"
+    assert pickup["detail"].startswith("user-data was added since the last render")

@@ -1,4 +1,4 @@
-"""Rendering: golden files, YAML/systemd shape of user-data, escaping, all-or-nothing writes."""
+"""Rendering: golden files, YAML/systemd shape of the cloud-configs, escaping, all-or-nothing writes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from coreos_lab import config as config_mod
+from coreos_lab import pickup
 from coreos_lab.config import CONFIG_NAME, LabConfig
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 from coreos_lab.render import (
@@ -65,12 +66,42 @@ def test_golden(os_name: str, provider: str, bootstrap: str) -> None:
         for f in files:
             (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
             (folder / f.path).write_text(f.content, encoding="utf-8")
+    check_golden(folder, files)
+
+
+def check_golden(folder: Path, files: tuple[RenderedFile, ...]) -> None:
     expected = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert sorted(f.path for f in files) == expected, "set of rendered files changed"
     for f in files:
         assert f.content == (folder / f.path).read_text(encoding="utf-8"), (
             f"{folder.name}/{f.path} differs from its golden file; rerun with COREOS_LAB_UPDATE_GOLDEN=1 if intended"
         )
+
+
+INPUTS = GOLDEN / "inputs"
+
+
+def golden_inputs(provider: str) -> tuple[pickup.UserData, pickup.Ignition]:
+    """The user's own root files of the *-userfiles golden labs (tests/golden/inputs/)."""
+    user = pickup.UserData.from_bytes((INPUTS / "user-data").read_bytes(), Path("user-data"))
+    ign = pickup.check_ignition((INPUTS / "config.ign").read_bytes(), Path("config.ign"), provider)
+    return user, ign
+
+
+@pytest.mark.parametrize("provider", ["libvirt", "virtualbox"])
+def test_golden_with_the_users_own_user_data_and_config_ign(provider: str) -> None:
+    user, ign = golden_inputs(provider)
+    files = render_lab(lab("flatcar", provider, "static"), user_data=user, ignition=ign)
+    folder = GOLDEN / f"flatcar-{provider}-static-userfiles"
+    if UPDATE:
+        for f in files:
+            (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f.path).write_text(f.content, encoding="utf-8")
+    check_golden(folder, files)
+    plain = {f.path: f.content for f in render_lab(lab("flatcar", provider, "static"))}
+    assert {f.path: f.content for f in files if not f.path.startswith("cloud-config/")} == {
+        k: v for k, v in plain.items() if not k.startswith("cloud-config/")
+    }, "the user's files change only the cloud-configs"
 
 
 def _walk_keys(node: Any) -> list[str]:
@@ -129,7 +160,7 @@ def unquote_env(value: str) -> tuple[str, str]:
 
 
 def user_data(files: tuple[RenderedFile, ...], node: str) -> dict[str, Any]:
-    text = next(f.content for f in files if f.path == f"user-data/{node}.yaml")
+    text = next(f.content for f in files if f.path == f"cloud-config/{node}.yaml")
     assert text.startswith("#cloud-config\n")
     assert HEADER in text.splitlines()[1]
     doc = yaml.safe_load(text)
@@ -215,7 +246,7 @@ def test_hostile_metadata_round_trips_through_yaml() -> None:
     meta = {f"k{i}": v for i, v in enumerate(HOSTILE)}
     for os_name in ("flatcar", "coreos"):
         files = render_lab(lab(os_name, metadata={"core-02": meta}))
-        text = next(f.content for f in files if f.path == "user-data/core-02.yaml")
+        text = next(f.content for f in files if f.path == "cloud-config/core-02.yaml")
         # coreos-cloudinit substitutes $private_ipv4 in the raw text: no '$' may reach the file.
         assert "$" not in text
         assert text.isascii()
@@ -284,9 +315,9 @@ def test_init_writes_the_layout(tmp_path: Path) -> None:
             CONFIG_NAME,
             "Vagrantfile",
             "config.rb",
-            "user-data/core-01.yaml",
-            "user-data/core-02.yaml",
-            "user-data/core-03.yaml",
+            "cloud-config/core-01.yaml",
+            "cloud-config/core-02.yaml",
+            "cloud-config/core-03.yaml",
         ]
     )
     assert stat.S_IMODE((target / CONFIG_NAME).stat().st_mode) == 0o600
@@ -303,21 +334,24 @@ def test_init_refuses_existing_lab_without_force(tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     result = init_lab(tmp_path, lab(instances=2, metadata={}), force=True)
     assert [p.name for p in result.removed] == ["core-03.yaml"]
-    assert sorted(p.name for p in (tmp_path / "user-data").iterdir()) == ["core-01.yaml", "core-02.yaml"]
+    assert sorted(p.name for p in (tmp_path / "cloud-config").iterdir()) == ["core-01.yaml", "core-02.yaml"]
 
 
 def test_prune_keeps_files_we_did_not_write(tmp_path: Path) -> None:
     init_lab(tmp_path, lab())
-    mine = tmp_path / "user-data" / "extra.yaml"
+    mine = tmp_path / "cloud-config" / "extra.yaml"
     mine.write_text("#cloud-config\nhostname: mine\n")
     render_existing(tmp_path)
     assert mine.exists()
 
 
-def test_coreos_vagrant_user_data_file_is_refused(tmp_path: Path) -> None:
+def test_coreos_vagrant_user_data_file_is_merged_not_refused(tmp_path: Path) -> None:
     (tmp_path / "user-data").write_text("#cloud-config\n")
-    with pytest.raises(UsageError, match="is a file"):
-        init_lab(tmp_path, lab(), force=True)
+    result = init_lab(tmp_path, lab())
+    assert result.user_data is not None
+    assert result.user_data.describe() == "nothing added"
+    assert (tmp_path / "user-data").read_text() == "#cloud-config\n", "the user's file is never rewritten"
+    assert tmp_path / "user-data" not in result.written
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -328,7 +362,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(CoreosLabError, match="cannot write"):
         write_lab_files(target, (RenderedFile(CONFIG_NAME, "x = 1\n", 0o600), *render_lab(lab())))
     assert sorted(p.name for p in target.iterdir()) == ["Vagrantfile"]
-    assert not (target / "user-data").exists()
+    assert not (target / "cloud-config").exists()
 
 
 def test_failed_write_removes_directories_it_created(tmp_path: Path) -> None:
@@ -348,7 +382,7 @@ def test_render_existing_keeps_toml_and_token(tmp_path: Path) -> None:
     assert toml_path.read_text() == edited
     assert result.config.discovery_url == TOKEN_URL
     assert "$vm_memory = 2048" in (tmp_path / "config.rb").read_text()
-    assert TOKEN_URL in (tmp_path / "user-data" / "core-01.yaml").read_text()
+    assert TOKEN_URL in (tmp_path / "cloud-config" / "core-01.yaml").read_text()
 
 
 def test_render_existing_rejects_bad_toml(tmp_path: Path) -> None:

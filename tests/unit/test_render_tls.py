@@ -79,7 +79,7 @@ def test_flatcar_tls_golden(provider: str, bootstrap: str) -> None:
             f"{folder.name}/{f.path} differs from its golden file; rerun with COREOS_LAB_UPDATE_GOLDEN=1 if intended"
         )
         # user-data carries private keys: 0600 in the lab directory, like the keys under tls/
-        assert f.mode == (0o600 if f.path.startswith("user-data/") else 0o644), f.path
+        assert f.mode == (0o600 if f.path.startswith("cloud-config/") else 0o644), f.path
 
 
 @pytest.mark.parametrize(("provider", "bootstrap"), TLS_GOLDEN)

@@ -110,7 +110,7 @@ def test_init_writes_keys_0600_in_a_0700_dir(tmp_path: Path) -> None:
     for path in base.rglob("*"):
         assert mode(path) == (0o700 if path.is_dir() else 0o600), path
     for node in ("core-01", "core-02"):
-        assert mode(lab / "user-data" / f"{node}.yaml") == 0o600, "user-data holds private keys"
+        assert mode(lab / "cloud-config" / f"{node}.yaml") == 0o600, "user-data holds private keys"
     assert mode(lab / CONFIG_NAME) == 0o600
     assert mode(lab / "Vagrantfile") == 0o644
     assert {p for p in result.written if "tls" in p.parts} == {p for p in base.rglob("*") if p.is_file()}
@@ -137,10 +137,10 @@ def test_plain_lab_has_no_tls_anything(tmp_path: Path) -> None:
     init_lab(tmp_path, tls_lab(tls=False))
     assert not (tmp_path / "tls").exists()
     assert tls.client_material(tmp_path) is None
-    text = (tmp_path / "user-data" / "core-01.yaml").read_text()
+    text = (tmp_path / "cloud-config" / "core-01.yaml").read_text()
     assert "https" not in text
     assert "PRIVATE KEY" not in text
-    assert mode(tmp_path / "user-data" / "core-01.yaml") == 0o644
+    assert mode(tmp_path / "cloud-config" / "core-01.yaml") == 0o644
 
 
 def test_interrupted_tls_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +164,7 @@ def test_interrupted_tls_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest
 
 
 def _doc(files: tuple[Any, ...], node: str) -> dict[str, Any]:
-    text = next(f.content for f in files if f.path == f"user-data/{node}.yaml")
+    text = next(f.content for f in files if f.path == f"cloud-config/{node}.yaml")
     doc = yaml.safe_load(text)
     assert isinstance(doc, dict)
     return doc
@@ -207,7 +207,7 @@ def test_flatcar_user_data_carries_certs_and_https_dropin() -> None:
         for entry in doc["write_files"]:
             if "PRIVATE KEY" in entry["content"]:
                 assert entry["permissions"] == "0600", entry["path"]
-        text = next(f.content for f in files if f.path == f"user-data/{node.name}.yaml")
+        text = next(f.content for f in files if f.path == f"cloud-config/{node.name}.yaml")
         assert material.ca_key not in text
         assert all(material.node(o.name).server_key not in text for o in cfg.nodes if o.name != node.name)
         assert f"--cacert={host_dir}/ca.pem" in tls.NODE_ETCDCTL_FLAGS
@@ -307,7 +307,7 @@ def test_flatcar_user_data_keys_are_underscored_and_plain_lab_unchanged() -> Non
     assert keys
     assert all("-" not in k for k in keys), "Flatcar's cloudinit ignores hyphenated keys"
     plain = render_lab(tls_lab(tls=False))
-    text = next(f.content for f in plain if f.path == "user-data/core-01.yaml")
+    text = next(f.content for f in plain if f.path == "cloud-config/core-01.yaml")
     assert "ETCD_SSL_DIR" not in text
     assert "/etc/ssl/certs" not in text
 
@@ -345,11 +345,11 @@ def test_render_lab_refuses_tls_without_material() -> None:
 def test_render_reuses_every_certificate(tmp_path: Path) -> None:
     init_lab(tmp_path, tls_lab())
     before = tree(tmp_path / "tls")
-    user_data = (tmp_path / "user-data" / "core-01.yaml").read_bytes()
+    user_data = (tmp_path / "cloud-config" / "core-01.yaml").read_bytes()
     result = render_existing(tmp_path)
     assert tree(tmp_path / "tls") == before
     assert not [p for p in result.written if "tls" in p.parts]
-    assert (tmp_path / "user-data" / "core-01.yaml").read_bytes() == user_data
+    assert (tmp_path / "cloud-config" / "core-01.yaml").read_bytes() == user_data
     assert not any("issued" in w for w in result.warnings)
 
 
@@ -418,7 +418,7 @@ def test_init_never_replaces_a_lab_ca_without_force(tmp_path: Path) -> None:
     init_lab(tmp_path, tls_lab())
     for name in (CONFIG_NAME, "Vagrantfile", "config.rb"):
         (tmp_path / name).unlink()
-    shutil.rmtree(tmp_path / "user-data")
+    shutil.rmtree(tmp_path / "cloud-config")
     before = tree(tmp_path / "tls")
     with pytest.raises(UsageError, match=r"already holds a lab \(tls\)"):
         init_lab(tmp_path, tls_lab())

@@ -192,7 +192,7 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
         check_cluster(rig, lab)
         deploy_flow(rig, lab)
         # `vagrant provision` replaces the user-data: the box must apply the new file (path unit).
-        user_data = lab / "user-data" / "core-01.yaml"
+        user_data = lab / "cloud-config" / "core-01.yaml"
         user_data.write_text(
             user_data.read_text().replace(
                 "write_files:\n",
