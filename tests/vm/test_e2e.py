@@ -12,6 +12,7 @@ emulation) and needs root; the timeouts are generous on purpose: the 2 cores are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from coreos_lab import config as labconfig
+from coreos_lab import nodeshell
 from tests.vm.conftest import Rig
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3000)]
@@ -93,7 +95,7 @@ def check_cluster(rig: Rig, lab: Path) -> None:
             rig,
             cfg_file,
             node.name,
-            "hostname; hostname -I; systemctl is-active etcd-member.service; "
+            f"hostname; {nodeshell.ADDRESSES}; echo; systemctl is-active etcd-member.service; "
             "etcdctl --endpoints=http://127.0.0.1:2379 endpoint health 2>&1; "
             "etcdctl --endpoints=http://127.0.0.1:2379 member list -w json",
         )
@@ -181,8 +183,75 @@ def test_box_build_is_cached_and_added(rig: Rig, lab_root: Path) -> None:
     assert again["vagrant_box"] == "coreos-lab/lab (already added)"
 
 
+# A user's own files in the lab root, the classic coreos-vagrant way: one cloud-config for every node (merged by
+# coreos-lab into each node's own) and an Ignition config (the box hands it over; see coreos_lab/box/README.md).
+ROOT_USER_DATA = """#cloud-config
+write_files:
+  - path: /etc/hello/address
+    content: "address=$private_ipv4"
+  - path: /opt/bin/hello.sh
+    permissions: "0755"
+    content: |
+      #!/bin/sh
+      exec sleep infinity
+coreos:
+  units:
+    - name: hello.service
+      command: start
+      content: |
+        [Unit]
+        Description=A unit from the lab root's user-data
+        [Service]
+        ExecStart=/opt/bin/hello.sh
+"""
+ROOT_CONFIG_IGN = json.dumps(
+    {"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "/etc/ign", "contents": {"source": "data:,y"}}]}}
+)
+USER_CLOUDINIT = r"user-cloudinit@var-lib-flatcar\x2dvagrant-vagrantfile\x2duser\x2ddata.service"
+
+
+def check_twin(rig: Rig, lab: Path) -> None:
+    """What makes the lab box a Flatcar twin, seen on every node of a lab booted with the user's root files."""
+    cfg = labconfig.load(lab)
+    cfg_file = ssh_config(rig, lab)
+    for node in cfg.nodes:
+        lines = on_node(
+            rig,
+            cfg_file,
+            node.name,
+            "command -v python3 >/dev/null && echo python || echo no-python; "
+            "sudo touch /usr/.coreos-lab-probe 2>/dev/null && echo usr-rw || echo usr-ro; "
+            "hostname -I >/dev/null 2>&1 && echo hostname-I || echo no-hostname-I; "
+            "sudo docker ps --filter name=etcd-member --format '{{.Image}}'; "
+            "grep '^COREOS_PRIVATE_IPV4=' /etc/environment; "
+            "cat /etc/hello/address; echo; systemctl is-active hello.service; "
+            f"systemctl is-active '{USER_CLOUDINIT}'; "
+            "test -f /var/lib/flatcar-vagrant/vagrantfile-user-data && echo file || echo not-a-file; "
+            "sudo sha256sum /var/lib/flatcar-vagrant/vagrantfile-user-data | cut -c1-64; "
+            "sudo modprobe qemu_fw_cfg 2>/dev/null; "
+            "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw",
+        ).splitlines()
+        rendered = hashlib.sha256((lab / "cloud-config" / f"{node.name}.yaml").read_bytes()).hexdigest()
+        assert lines[:11] == [
+            "no-python",  # Flatcar has no Python: nothing of ours may need it on a node
+            "usr-ro",
+            "no-hostname-I",  # net-tools' hostname, as on Flatcar
+            "quay.io/coreos/etcd:v3.4.23",  # etcd-member runs in the wrapper's container
+            f"COREOS_PRIVATE_IPV4={node.ip}",  # written by Vagrant's CoreOS guest
+            f"address={node.ip}",  # the user's $private_ipv4, spelled out per node by coreos-lab
+            "active",
+            "active",
+            "file",  # the box moved the user's raw file there first; ours replaced it and was applied
+            rendered,
+            ROOT_CONFIG_IGN,  # the box's fw_cfg hand-over (applied once the twin has Ignition: issue 13)
+        ], (node.name, lines)
+
+
 def test_static_lab(rig: Rig, lab_root: Path) -> None:
     lab = lab_root / "e2e"
+    lab.mkdir()
+    (lab / "user-data").write_text(ROOT_USER_DATA)
+    (lab / "config.ign").write_text(ROOT_CONFIG_IGN)
     init_lab(rig, lab, 3, "static")
     try:
         start = time.monotonic()
@@ -190,6 +259,7 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
         print(f"static lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
         assert "ready after" in up.stdout
         check_cluster(rig, lab)
+        check_twin(rig, lab)
         deploy_flow(rig, lab)
         # `vagrant provision` replaces the user-data: the box must apply the new file (path unit).
         user_data = lab / "cloud-config" / "core-01.yaml"
