@@ -53,7 +53,6 @@ ENABLE_UNITS: Final = (
     "coreos-cloudinit-vagrant-user.path",
     "coreos-cloudinit-vagrant-legacy.path",
     "coreos-lab-readonly-usr.service",
-    "coreos-lab-etcd-image.service",
 )
 # Flatcar has no python3: the twin's own tools (the cloud-config agent, sdnotify-proxy) keep a private
 # interpreter here, off PATH, so a command of ours that silently needs Python on a node fails in our tests too.
@@ -248,7 +247,8 @@ def customise(tree: Path) -> None:
         add_docker_image(tree)
     # etcd-member runs etcd in a container, as on Flatcar: the image is made from Debian's etcd, which then
     # leaves the host's PATH (Flatcar has only etcdctl there).
-    etcd_image.add_etcd_image(tree)
+    image = etcd_image.add_etcd_image(tree)
+    preload_docker_images(tree, [image.archive])
     etcd_image.hide_host_etcd(tree)
     ssh_dir = tree / "home/core/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -365,6 +365,90 @@ def _kernel_files(tree: Path) -> tuple[Path, Path]:
     if not initrd.exists():
         raise BoxError(f"the rootfs has no initrd for {kernel.name}")
     return kernel, initrd
+
+
+def preload_docker_images(tree: Path, archives: Sequence[Path]) -> None:
+    """``docker load`` each archive into the image's own Docker store, at build time.
+
+    On a software-emulated node `docker load` of etcd's 40 MB image took 28 s alone and 113 s with three nodes
+    booting on 2 cores; done here, the node's Docker has the image from its first start. The image's own
+    dockerd runs in a chroot of the tree (bind-mounted onto itself: Docker's tar extraction remounts "/"), on a
+    private socket, with no networking of its own; its runtime state is removed afterwards.
+    """
+    if not archives:
+        return
+    sock = "/run/coreos-lab-build/docker.sock"
+    with _chroot_mounts(tree):
+        (tree / "run/coreos-lab-build").mkdir(parents=True, exist_ok=True)
+        log = (tree / "run/coreos-lab-build/dockerd.log").open("wb")
+        dockerd = subprocess.Popen(
+            ["chroot", str(tree), "/usr/sbin/dockerd", "--data-root=/var/lib/docker",
+             "--exec-root=/run/coreos-lab-build/exec", "--pidfile=/run/coreos-lab-build/docker.pid",
+             f"--host=unix://{sock}", "--bridge=none", "--iptables=false", "--ip-masq=false",
+             "--storage-driver=overlay2"],
+            stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run(["chroot", str(tree), "docker", f"--host=unix://{sock}", "version"],
+                                 capture_output=True, check=False).returncode != 0:  # fmt: skip
+                if dockerd.poll() is not None or time.monotonic() > deadline:
+                    tail = (tree / "run/coreos-lab-build/dockerd.log").read_text(errors="replace")[-400:]
+                    raise BoxError(f"the image's dockerd did not start for the image preload: {tail.strip()}")
+                time.sleep(0.5)
+            for archive in archives:
+                inside = "/" + str(archive.relative_to(tree))
+                _chroot(tree, ["docker", f"--host=unix://{sock}", "load", "--quiet", "--input", inside])
+        finally:
+            dockerd.terminate()
+            try:
+                dockerd.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                dockerd.kill()
+                dockerd.wait()
+            log.close()
+    # Runtime state of that daemon, not of the node's: the node's Docker makes its own networks and ids.
+    for rel in ("var/lib/docker/network", "var/lib/docker/containers", "var/lib/docker/tmp", "var/lib/docker/runtimes",
+                "var/lib/docker/engine-id"):  # fmt: skip
+        target = tree / rel
+        if target.is_dir():
+            _rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+@contextlib.contextmanager
+def _chroot_mounts(tree: Path):  # type: ignore[no-untyped-def]
+    """The tree as a mount point with /proc, /sys, /dev and a fresh /run, for a daemon run in a chroot of it.
+
+    Everything mounted at or below the tree is unmounted afterwards, deepest first (dockerd adds mounts of its
+    own below /var/lib/docker).
+    """
+    root = str(tree.resolve())
+    _run(["mount", "--bind", root, root])
+    try:
+        _run(["mount", "--make-private", root])
+        _run(["mount", "-t", "proc", "proc", f"{root}/proc"])
+        _run(["mount", "--rbind", "/sys", f"{root}/sys"])
+        _run(["mount", "--make-rslave", f"{root}/sys"])
+        _run(["mount", "--rbind", "/dev", f"{root}/dev"])
+        _run(["mount", "--make-rslave", f"{root}/dev"])
+        _run(["mount", "-t", "tmpfs", "tmpfs", f"{root}/run"])
+        yield
+    finally:
+        for point in _mounts_below(root):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def _mounts_below(root: str) -> list[str]:
+    """Mount points at or below ``root``, deepest first (from /proc/self/mountinfo)."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            point = line.split()[4].replace("\\040", " ")
+            if point == root or point.startswith(root + "/"):
+                points.append(point)
+    return sorted(set(points), key=lambda p: (-p.count("/"), p))
 
 
 @contextlib.contextmanager
