@@ -223,6 +223,7 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "sudo touch /usr/.coreos-lab-probe 2>/dev/null && echo usr-rw || echo usr-ro; "
             "hostname -I >/dev/null 2>&1 && echo hostname-I || echo no-hostname-I; "
             "sudo docker ps --filter name=etcd-member --format '{{.Image}}'; "
+            "sudo journalctl -b -u coreos-lab-etcd-image.service | grep -c 'Loaded image'; "
             "grep '^COREOS_PRIVATE_IPV4=' /etc/environment; "
             "cat /etc/hello/address; echo; systemctl is-active hello.service; "
             f"systemctl is-active '{USER_CLOUDINIT}'; "
@@ -232,11 +233,12 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw",
         ).splitlines()
         rendered = hashlib.sha256((lab / "cloud-config" / f"{node.name}.yaml").read_bytes()).hexdigest()
-        assert lines[:11] == [
+        assert lines[:12] == [
             "no-python",  # Flatcar has no Python: nothing of ours may need it on a node
             "usr-ro",
             "no-hostname-I",  # net-tools' hostname, as on Flatcar
             "quay.io/coreos/etcd:v3.4.23",  # etcd-member runs in the wrapper's container
+            "0",  # from the Docker store the box build filled, not loaded at boot
             f"COREOS_PRIVATE_IPV4={node.ip}",  # written by Vagrant's CoreOS guest
             f"address={node.ip}",  # the user's $private_ipv4, spelled out per node by coreos-lab
             "active",
