@@ -13,7 +13,7 @@ from coreos_lab import config as config_mod
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import UsageError
-from coreos_lab.pickup import LEGACY_USER_DATA_DIR
+from coreos_lab.pickup import LEGACY_USER_DATA_DIR, pickup_problems
 from coreos_lab.secrets import mask_token
 
 if TYPE_CHECKING:  # render (jinja2, cryptography) and discovery (requests) load only when a command runs
@@ -208,8 +208,6 @@ def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
 def refuse_unexpected_pickups(path: Path, cfg: LabConfig) -> None:
     """Before ``up`` boots anything: one ``error:`` line per file Flatcar's box would pick up unexpectedly, a hint,
     exit 2 (:func:`coreos_lab.pickup.pickup_problems`)."""
-    from coreos_lab.pickup import pickup_problems
-
     problems = pickup_problems(path, cfg)
     if not problems:
         return
