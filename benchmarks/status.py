@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coreos_lab import deploy as dep
 from coreos_lab.cluster import Cluster
 from coreos_lab.health import cluster_status
 from coreos_lab.systemd import SystemdClient
 from coreos_lab.unitfile import UnitFile
+from coreos_lab.units import systemd_backend
 from tests.nspawn.deploy_rig import DeployRig
 from tests.nspawn.rig import prerequisites
 
@@ -84,7 +84,7 @@ def main() -> None:
         with Cluster.from_ssh_config(config) as cluster:
             units = [UnitFile.parse(text, name=name) for name, text in UNITS.items()]
             start = time.perf_counter()
-            outcomes = dep.deploy(cluster, units, timeout=30)
+            outcomes = systemd_backend.deploy(cluster, units, timeout=30)
             rows.append(("deploy 4 units in-process (1 global)", time.perf_counter() - start))
             assert all(o.ok for o in outcomes), [o.to_json() for o in outcomes]
             report = cluster_status(cluster)

@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coreos_lab.cli.vm import cluster_ready, parse_probe, probe_command
+from coreos_lab.health import ready
+from coreos_lab.probe import parse_probe, probe_command
 
 CLI = str(Path(sys.executable).with_name("coreos-lab"))
 TIMEOUT = 1800.0
@@ -63,7 +64,7 @@ def raw_wait_ready(lab: Path, nodes: list[str], expected: int, timeout: float = 
     start = time.monotonic()
     cfg = lab / "bench-ssh-config"
     cfg.write_text(run(["vagrant", "ssh-config", *nodes], lab).stdout)
-    cmd = probe_command("etcd-member.service")
+    cmd = probe_command(True, etcd_unit="etcd-member.service")
     while time.monotonic() - start < timeout:
         procs = {
             n: subprocess.Popen(
@@ -78,7 +79,7 @@ def raw_wait_ready(lab: Path, nodes: list[str], expected: int, timeout: float = 
         for name, proc in procs.items():
             out, _ = proc.communicate(timeout=60)
             health[name] = parse_probe(name, out) if proc.returncode == 0 else None
-        if all(health.values()) and cluster_ready({k: v for k, v in health.items() if v}, expected):
+        if all(health.values()) and ready({k: v for k, v in health.items() if v}, expected):
             return time.monotonic() - start
         time.sleep(5)
     raise SystemExit(f"raw: cluster not healthy within {timeout:g}s")

@@ -14,9 +14,6 @@ CLI calls skip the SSH handshakes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
-import json
 import logging
 import os
 import threading
@@ -26,22 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar, Union
 
 from coreos_lab.errors import ConfigError, CoreosLabError, SSHError, UsageError
-from coreos_lab.fsutil import atomic_write
 from coreos_lab.runner import Cmd, CommandResult, LocalRunner, Runner
 from coreos_lab.sshconfig import SSHTarget, format_ssh_config, parse_ssh_config
 
 if TYPE_CHECKING:
-    import requests
-
+    from coreos_lab import http
     from coreos_lab.etcd import EtcdClient
+    from coreos_lab.fleet import FleetClient
+    from coreos_lab.systemd import SystemdClient
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-NodeOutcome = Union[CommandResult, CoreosLabError]  # noqa: UP007 - a runtime alias, readable in docs
+RunOutcome = Union[CommandResult, CoreosLabError]  # noqa: UP007 - a runtime alias, readable in docs
 ETCD_TLS_ENV: Final = "COREOS_LAB_ETCD_TLS_DIR"
-STATE_DIR: Final = ".coreos-lab"
-SSH_CONFIG_CACHE: Final = "ssh-config.json"
 MAX_WORKERS: Final = 64
 
 
@@ -64,7 +59,7 @@ class Cluster:
         self._factory = factory
         self.targets: dict[str, SSHTarget] = dict(targets or {})
         self.config_text = config_text
-        self._sessions: dict[tuple[str, str, int], tuple[requests.Session, str]] = {}
+        self._sessions: dict[tuple[str, str, int], tuple[http.Session, str]] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         # The lab directory whose tls/ holds etcd's client certificate and CA; None: plain http.
@@ -124,8 +119,10 @@ class Cluster:
 
     @classmethod
     def from_lab(cls, lab_dir: Path | str, persist: bool = True, *, accept_new: bool = False) -> Cluster:
-        """Nodes of a Vagrant lab, from ``vagrant ssh-config`` (cached; see ``lab_ssh_config``)."""
-        text = lab_ssh_config(Path(lab_dir))
+        """Nodes of a Vagrant lab, from ``vagrant ssh-config`` (cached: :func:`coreos_lab.vagrant.ssh_config_text`)."""
+        from coreos_lab import vagrant
+
+        text = vagrant.ssh_config_text(Path(lab_dir))
         return cls.from_ssh_config(text, accept_new=accept_new, persist=persist)
 
     # -- nodes ---------------------------------------------------------------------------------------
@@ -162,7 +159,7 @@ class Cluster:
         *,
         timeout: float | None = None,
         sudo: bool = False,
-    ) -> dict[str, NodeOutcome]:
+    ) -> dict[str, RunOutcome]:
         """Run ``cmd`` on the nodes in parallel; every node gets an outcome, in node order.
 
         A node that is down, times out or fails to authenticate maps to its error (one line in
@@ -170,7 +167,7 @@ class Cluster:
         """
         chosen = self.select(nodes)
 
-        def one(name: str) -> NodeOutcome:
+        def one(name: str) -> RunOutcome:
             try:
                 return self.runner(name).run(cmd, timeout=timeout, sudo=sudo)
             except CoreosLabError as exc:
@@ -208,7 +205,7 @@ class Cluster:
         return dict(zip(chosen, self._executor().map(one, chosen), strict=True))
 
     # -- HTTP to node-side ports ---------------------------------------------------------------------
-    def http_base(self, name: str, remote_port: int, remote_host: str = "127.0.0.1") -> tuple[requests.Session, str]:
+    def http_base(self, name: str, remote_port: int, remote_host: str = "127.0.0.1") -> tuple[http.Session, str]:
         """A requests Session and base URL reaching ``remote_host:remote_port`` as seen from node ``name``.
 
         Over the mux this is a unix socket held by the mux; in-process it is a local TCP forward; for
@@ -220,26 +217,20 @@ class Cluster:
             cached = self._sessions.get(key)
             if cached is not None:
                 return cached
-            import requests
-
+            from coreos_lab import http
             from coreos_lab.mux import MuxRunner
 
             if isinstance(runner, MuxRunner):
-                from coreos_lab.unixhttp import unix_session
-
-                made = unix_session(runner.forward_unix(remote_host, remote_port))
+                made = http.unix_session(runner.forward_unix(remote_host, remote_port))
             elif isinstance(runner, LocalRunner):
-                session = requests.Session()
-                session.trust_env = False
-                made = (session, f"http://{_url_host(remote_host)}:{remote_port}")
+                made = (http.session(trust_env=False), f"http://{_url_host(remote_host)}:{remote_port}")
             else:
                 forward = getattr(runner, "forward", None)
                 if forward is None:
                     raise SSHError(f"{name}: this runner cannot forward ports")
                 host, port = forward(remote_host, remote_port)
-                session = requests.Session()
-                session.trust_env = False  # a proxy from the environment must not see the tunnel
-                made = (session, f"http://{host}:{port}")
+                # a proxy from the environment must not see the tunnel
+                made = (http.session(trust_env=False), f"http://{host}:{port}")
             self._sessions[key] = made
             return made
 
@@ -273,7 +264,7 @@ class Cluster:
             with self._lock:
                 cached = self._sessions.get(cache_key)
                 if cached is None:
-                    from coreos_lab.unixhttp import TLSFiles, unix_session
+                    from coreos_lab.http import TLSFiles, unix_session
 
                     path = runner.forward_unix("127.0.0.1", port)
                     try:
@@ -287,6 +278,38 @@ class Cluster:
         if base.startswith("http://"):
             base = "https://" + base.removeprefix("http://")
         return EtcdClient(base, session=session, timeout=timeout, cert=(str(cert), str(key)), verify=str(ca))
+
+    def leader_etcd_client(self, skip: Iterable[str] = (), *, port: int = 2379, timeout: float = 5.0) -> EtcdClient:
+        """An etcd client through the first node (not in ``skip``) whose member answers and sees a leader."""
+        from coreos_lab.errors import EtcdError
+
+        skipped = set(skip)
+        errors: list[str] = []
+        for name in self.names:
+            if name in skipped:
+                errors.append(f"{name}: unreachable")
+                continue
+            try:
+                client = self.etcd_client(name, port, timeout=timeout)
+                if client.status().leader == 0:
+                    errors.append(f"{name}: etcd member sees no leader")
+                    continue
+                return client
+            except CoreosLabError as exc:
+                errors.append(f"{name}: {exc}")
+        raise EtcdError("no node's etcd answered with a leader: " + "; ".join(errors))
+
+    def systemd(self, name: str, *, timeout: float = 60.0) -> SystemdClient:
+        """A systemd client for node ``name`` (over its runner)."""
+        from coreos_lab.systemd import SystemdClient
+
+        return SystemdClient(self.runner(name), timeout=timeout)
+
+    def fleet(self, name: str, socket_path: str) -> FleetClient:
+        """A fleet API client for the unix socket ``socket_path`` on node ``name`` (over its SSH connection)."""
+        from coreos_lab.fleet import FleetClient
+
+        return FleetClient.over_runner(self.runner(name), socket_path)
 
     # -- output --------------------------------------------------------------------------------------
     def ssh_config(self) -> str:
@@ -327,47 +350,6 @@ def _persist_disabled() -> bool:
     from coreos_lab.mux import persist_disabled
 
     return persist_disabled()
-
-
-# -- the lab's cached ssh-config -----------------------------------------------------------------------
-def machine_ids_fingerprint(lab_dir: Path) -> str:
-    """A hash of Vagrant's machine ids (``.vagrant/machines/*/*/id``): changes on up/destroy/recreate."""
-    h = hashlib.sha256()
-    for path in sorted((lab_dir / ".vagrant" / "machines").glob("*/*/id")):
-        try:
-            content = path.read_bytes()
-        except OSError:
-            continue
-        h.update(str(path.relative_to(lab_dir)).encode() + b"\0" + content + b"\0")
-    return h.hexdigest()
-
-
-def _cache_path(lab_dir: Path) -> Path:
-    return lab_dir / STATE_DIR / SSH_CONFIG_CACHE
-
-
-def lab_ssh_config(lab_dir: Path) -> str:
-    """``vagrant ssh-config`` text for the lab: from the cache while the machine ids are unchanged."""
-    fingerprint = machine_ids_fingerprint(lab_dir)
-    cache = _cache_path(lab_dir)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        data = json.loads(cache.read_text())
-        if data["fingerprint"] == fingerprint and data["text"].strip():
-            return str(data["text"])
-    # Imported lazily (python-vagrant is slow to import and only needed on a cache miss), by name so
-    # this module does not depend on vagrant.py at type-check time.
-    vagrant = importlib.import_module("coreos_lab.vagrant")
-    text = str(vagrant.ssh_config_text(lab_dir))
-    if text.strip():
-        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(cache, json.dumps({"fingerprint": fingerprint, "text": text}), mode=0o600)
-    return text
-
-
-def invalidate(lab_dir: Path | str) -> None:
-    """Forget the cached ssh-config (call after up/reload/halt/destroy). The old mux idles out."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_cache_path(Path(lab_dir)))
 
 
 def open_cluster(

@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,14 +37,15 @@ DISCOVERY_SERVICE: Final = "https://discovery.etcd.io"  # the public v2 discover
 DISCOVERY_SERVICE_ENV: Final = "COREOS_LAB_DISCOVERY_SERVICE"
 DEFAULT_NETWORK: Final = "192.168.56.0/24"
 VBOX_ALLOWED: Final = ipaddress.ip_network("192.168.56.0/21")
-NODE_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-PREFIX_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
-META_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-BOX_VERSION_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# \Z, not $: "$" also matches before a final newline, which would let "core\n" pass.
+NODE_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+PREFIX_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?\Z")
+META_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+BOX_VERSION_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 # RFC 3986 characters only: a discovery URL lands in a systemd Environment= line inside YAML, where a quote,
 # a backslash or a space would need a second layer of escaping that nobody should have to reason about.
-URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*)?$")
+URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*)?\Z")
 # Characters that end a line for some YAML (1.1 counts NEL and U+2028/9) or Ruby reader, or that no value needs.
 _FORBIDDEN_CHARS: Final = frozenset([chr(c) for c in range(0x20)] + ["\x7f", "\x85", "\u2028", "\u2029"])
 
@@ -91,21 +92,12 @@ class LabConfig:
     shared_folders: Mapping[str, str] = field(default_factory=dict)
     forwarded_ports: Mapping[str, int] = field(default_factory=dict)
     expose_docker_tcp: int | None = None
+    # Derived, not a setting: ``<prefix>-01..``, node i at host address 100+i of the network. Computed once
+    # here (every rendered file walks it); () while the fields that place the nodes are not valid yet.
+    nodes: tuple[NodeSpec, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def nodes(self) -> tuple[NodeSpec, ...]:
-        """The lab's nodes: ``<prefix>-01..``, node i at host address 100+i of the network."""
-        net = ipaddress.ip_network(self.network, strict=False)
-        base = int(net.network_address)
-        return tuple(
-            NodeSpec(
-                index=i,
-                name=node_name(self.name_prefix, i),
-                ip=str(ipaddress.ip_address(base + 100 + i)),
-                metadata=dict(self.metadata.get(node_name(self.name_prefix, i), {})),
-            )
-            for i in range(1, self.instances + 1)
-        )
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", _place_nodes(self))
 
     def node(self, name: str) -> NodeSpec:
         """The node called ``name``; ConfigError if the lab has none."""
@@ -119,9 +111,30 @@ class LabConfig:
         return validate(replace(self, **changes))
 
 
+# The fields coreos-lab.toml holds (``nodes`` is derived from them).
+SETTINGS: Final = frozenset(f.name for f in fields(LabConfig) if f.init)
+
+
 def node_name(prefix: str, index: int) -> str:
     """coreos-vagrant's naming: ``"%s-%02d" % (prefix, index)``."""
     return f"{prefix}-{index:02d}"
+
+
+def _place_nodes(cfg: LabConfig) -> tuple[NodeSpec, ...]:
+    if not (_is_int(cfg.instances) and 1 <= cfg.instances <= MAX_INSTANCES and isinstance(cfg.name_prefix, str)):
+        return ()
+    try:
+        base = int(ipaddress.ip_network(cfg.network, strict=False).network_address)
+        ips = [str(ipaddress.ip_address(base + 100 + i)) for i in range(1, cfg.instances + 1)]
+    except (TypeError, ValueError):
+        return ()
+    metadata = cfg.metadata if isinstance(cfg.metadata, Mapping) else {}
+    specs = []
+    for i, ip in enumerate(ips, start=1):
+        name = node_name(cfg.name_prefix, i)
+        meta = metadata.get(name)
+        specs.append(NodeSpec(index=i, name=name, ip=ip, metadata=dict(meta) if isinstance(meta, Mapping) else {}))
+    return tuple(specs)
 
 
 def _clean_text(value: object) -> bool:
@@ -129,11 +142,12 @@ def _clean_text(value: object) -> bool:
     return isinstance(value, str) and value != "" and not any(c in _FORBIDDEN_CHARS for c in value)
 
 
-def validate(cfg: LabConfig, *, draft: bool = False) -> LabConfig:
+def validate(cfg: LabConfig, *, draft: bool = False, discovery_endpoint: str | None = None) -> LabConfig:
     """Check every field; raise ConfigError with one clear line on the first problem.
 
     ``draft=True`` accepts a discovery/self-hosted config whose discovery_url is not fetched yet (``init``
-    checks the user's input before it talks to any network).
+    checks the user's input before it talks to any network); a self-hosted draft then needs the
+    ``discovery_endpoint`` its token will be created on.
     """
     _check_ints(cfg)
     for fname, value, choices in (
@@ -148,7 +162,7 @@ def validate(cfg: LabConfig, *, draft: bool = False) -> LabConfig:
         raise ConfigError(f"name prefix must be lowercase letters, digits and '-' (max 42), got {cfg.name_prefix!r}")
     _check_network(cfg)
     _check_box(cfg)
-    _check_bootstrap(cfg, draft=draft)
+    _check_bootstrap(cfg, draft=draft, endpoint=discovery_endpoint)
     _check_metadata(cfg)
     _check_vagrant_vars(cfg)
     return cfg
@@ -199,7 +213,7 @@ def _check_box(cfg: LabConfig) -> None:
         raise ConfigError(f"box_version must be a version like 3975.2.0, got {cfg.box_version!r}")
 
 
-def _check_bootstrap(cfg: LabConfig, *, draft: bool) -> None:
+def _check_bootstrap(cfg: LabConfig, *, draft: bool, endpoint: str | None) -> None:
     if not isinstance(cfg.cluster_token, str) or not TOKEN_RE.match(cfg.cluster_token):
         raise ConfigError(f"cluster_token must match [A-Za-z0-9_.-]{{1,64}}, got {cfg.cluster_token!r}")
     if cfg.discovery_url is not None and (
@@ -211,12 +225,14 @@ def _check_bootstrap(cfg: LabConfig, *, draft: bool) -> None:
             f"bootstrap {cfg.bootstrap} needs a discovery_url",
             hint="run 'coreos-lab init --force' to fetch one, set discovery_url, or use bootstrap = \"static\"",
         )
+    if cfg.bootstrap == "self-hosted" and cfg.discovery_url is None and draft and not endpoint:
+        raise ConfigError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
 
 
 def _check_metadata(cfg: LabConfig) -> None:
     if not isinstance(cfg.metadata, Mapping):
         raise ConfigError("metadata must be a table of node tables")
-    names = {node_name(cfg.name_prefix, i) for i in range(1, cfg.instances + 1)}
+    names = {n.name for n in cfg.nodes}
     for node, meta in cfg.metadata.items():
         if node not in names:
             raise ConfigError(f"metadata names node {node!r}, which is not in this lab")
@@ -253,14 +269,12 @@ def _check_vagrant_vars(cfg: LabConfig) -> None:
 
 def to_dict(cfg: LabConfig) -> dict[str, Any]:
     """The config as plain data (None fields left out, since TOML has no null)."""
-    data = asdict(cfg)
-    return {k: v for k, v in data.items() if v is not None}
+    return {k: v for k, v in asdict(cfg).items() if v is not None and k in SETTINGS}
 
 
 def from_dict(data: Mapping[str, Any], *, source: str = CONFIG_NAME) -> LabConfig:
     """Build and validate a LabConfig from parsed TOML; errors name ``source``."""
-    known = set(LabConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - SETTINGS)
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s): {', '.join(unknown)}")
     try:

@@ -3,24 +3,23 @@
 The token is fetched once, at ``init``, and stored in coreos-lab.toml: coreos-vagrant fetched a new one on
 every ``vagrant up``, which split running clusters. ``render`` never fetches.
 
-Every request has a timeout and a bounded number of attempts with exponential backoff; answers are checked
-(a public-service answer must be a URL ending in a 32-hex token) before anything is written.
+Every request has a timeout and a bounded number of attempts with exponential backoff (urllib3's ``Retry``:
+:func:`coreos_lab.http.retries`); answers are checked (a public-service answer must be a URL ending in a 32-hex
+token) before anything is written.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import requests
-
 from coreos_lab.config import DISCOVERY_SERVICE, DISCOVERY_SERVICE_ENV, URL_RE, LabConfig
 from coreos_lab.errors import ConfigError, DiscoveryError
+from coreos_lab.http import ConnectError, RequestException, Response, Session, Timeout, is_timeout, retries, session
 
 DEFAULT_SERVICE: Final = DISCOVERY_SERVICE
 SERVICE_ENV: Final = DISCOVERY_SERVICE_ENV
@@ -53,48 +52,36 @@ class RetryPolicy:
         return cls(timeout=timeout)
 
 
-class _Retryable(Exception):
-    """A failure worth another attempt (timeout, refused connection, 5xx)."""
-
-
-def _short_reason(exc: requests.RequestException) -> str:
+def _short_reason(exc: RequestException) -> str:
     """requests' messages run to several hundred characters; keep the errno part when there is one."""
     text = str(exc)
     match = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if match:
         return match.group(0).strip()
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, Timeout):
         return "timed out"
     return type(exc).__name__
 
 
-def _attempt(
-    what: str,
-    send: Callable[[], requests.Response],
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-) -> requests.Response:
-    """Call ``send`` up to ``policy.attempts`` times; return the first non-5xx response."""
-    last = "no attempt made"
-    for attempt in range(max(1, policy.attempts)):
-        if attempt:
-            sleep(policy.backoff * 2 ** (attempt - 1))
-        try:
-            try:
-                resp = send()
-            except requests.Timeout as exc:
-                raise _Retryable(f"no answer within {policy.timeout:g}s") from exc
-            except requests.ConnectionError as exc:
-                raise _Retryable(_short_reason(exc)) from exc
-            except requests.RequestException as exc:
-                raise DiscoveryError(f"{what} failed: {_short_reason(exc)}", hint=OFFLINE_HINT) from exc
-            if resp.status_code >= 500:
-                raise _Retryable(f"HTTP {resp.status_code}")
-            return resp
-        except _Retryable as exc:
-            last = str(exc)
-    raise DiscoveryError(f"{what} failed after {policy.attempts} attempts: {last}", hint=OFFLINE_HINT)
+def _session(policy: RetryPolicy) -> Session:
+    # trust_env stays on: a public discovery service may have to be reached through the user's proxy.
+    return session(trust_env=True, retry=retries(policy.attempts, policy.backoff))
+
+
+def _send(what: str, send: Callable[[], Response], policy: RetryPolicy) -> Response:
+    """``send`` (retried by urllib3 as ``policy`` says); a last failure or 5xx answer is a DiscoveryError."""
+    given_up = f"{what} failed after {policy.attempts} attempts"
+    try:
+        resp = send()
+    except RequestException as exc:
+        if is_timeout(exc):
+            raise DiscoveryError(f"{given_up}: no answer within {policy.timeout:g}s", hint=OFFLINE_HINT) from exc
+        if isinstance(exc, ConnectError):
+            raise DiscoveryError(f"{given_up}: {_short_reason(exc)}", hint=OFFLINE_HINT) from exc
+        raise DiscoveryError(f"{what} failed: {_short_reason(exc)}", hint=OFFLINE_HINT) from exc
+    if resp.status_code >= 500:
+        raise DiscoveryError(f"{given_up}: HTTP {resp.status_code}", hint=OFFLINE_HINT)
+    return resp
 
 
 def _preview(text: str) -> str:
@@ -107,7 +94,6 @@ def new_token(
     service: str = DEFAULT_SERVICE,
     *,
     policy: RetryPolicy | None = None,
-    session: requests.Session | None = None,
 ) -> str:
     """Ask a discovery service (``GET {service}/new?size=N``) for a new token URL and check the answer.
 
@@ -115,19 +101,15 @@ def new_token(
     """
     policy = policy or RetryPolicy()
     service = _check_base_url(service, "discovery service")
-    http = session or requests.Session()
     what = f"discovery service {service}"
-    try:
-        resp = _attempt(
+    with _session(policy) as web:
+        resp = _send(
             what,
-            lambda: http.get(
+            lambda: web.get(
                 f"{service}/new", params={"size": str(size)}, timeout=policy.timeout, allow_redirects=False
             ),
             policy,
         )
-    finally:
-        if session is None:
-            http.close()
     if resp.status_code != 200:
         raise DiscoveryError(f"{what} answered HTTP {resp.status_code}: {_preview(resp.text)}", hint=OFFLINE_HINT)
     body = resp.text.strip()
@@ -144,7 +126,6 @@ def create_self_hosted(
     *,
     token: str | None = None,
     policy: RetryPolicy | None = None,
-    session: requests.Session | None = None,
 ) -> str:
     """Create a discovery token on an etcd with the v2 API; return its discovery URL.
 
@@ -155,17 +136,11 @@ def create_self_hosted(
     endpoint = _check_base_url(endpoint, "discovery endpoint")
     token = token or uuid.uuid4().hex
     url = f"{endpoint}/v2/keys/discovery/{token}"
-    http = session or requests.Session()
     what = f"etcd at {endpoint}"
-    try:
-        resp = _attempt(
-            what,
-            lambda: http.put(f"{url}/_config/size", data={"value": str(size)}, timeout=policy.timeout),
-            policy,
+    with _session(policy) as web:
+        resp = _send(
+            what, lambda: web.put(f"{url}/_config/size", data={"value": str(size)}, timeout=policy.timeout), policy
         )
-    finally:
-        if session is None:
-            http.close()
     if resp.status_code == 404:
         raise DiscoveryError(
             f"{what} does not serve the v2 keys API (HTTP 404); start it with --enable-v2", hint=OFFLINE_HINT
@@ -212,7 +187,6 @@ def resolve(
     if cfg.bootstrap == "discovery":
         url = new_token(cfg.instances, service or os.environ.get(SERVICE_ENV) or DEFAULT_SERVICE, policy=policy)
     else:
-        if not endpoint:
-            raise ConfigError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
-        url = create_self_hosted(endpoint, cfg.instances, policy=policy)
+        # A self-hosted draft names its endpoint: config.validate's rule (without one, the URL check refuses "").
+        url = create_self_hosted(endpoint or "", cfg.instances, policy=policy)
     return cfg.with_changes(discovery_url=url)

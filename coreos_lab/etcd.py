@@ -1,6 +1,6 @@
 """An etcd client over HTTP: the v3 JSON gateway (keys and values as exact bytes), the v2 keys API, health.
 
-It needs only a base URL and, optionally, a ``requests.Session``: the URL may point straight at a member
+It needs only a base URL and, optionally, a :class:`coreos_lab.http.Session`: the URL may point straight at a member
 (``http://127.0.0.1:2379``) or at the local end of an SSH tunnel; the client does not care which.
 
 >>> client = EtcdClient("http://127.0.0.1:2379")   # doctest: +SKIP
@@ -18,15 +18,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import requests
-
 from coreos_lab.errors import EtcdError
+from coreos_lab.http import ConnectError, RequestException, Response, Session, SSLError, Timeout, response_socket
+from coreos_lab.http import session as new_session
 
 Bytesish = str | bytes
 
@@ -263,14 +262,14 @@ class EtcdClient:
         self,
         base_url: str,
         *,
-        session: requests.Session | None = None,
+        session: Session | None = None,
         timeout: float = 5.0,
         cert: str | tuple[str, str] | None = None,
         verify: bool | str | None = None,
         api_prefix: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else new_session(trust_env=True)
         self._own_session = session is None
         self.timeout = timeout
         self._cert = cert
@@ -311,22 +310,22 @@ class EtcdClient:
         data: Mapping[str, str] | None = None,
         timeout: float | None = None,
         ok_statuses: tuple[int, ...] = (),
-    ) -> requests.Response:
+    ) -> Response:
         url = self.base_url + path
         try:
             resp = self._session.request(method, url, json=json_body, params=params, data=data, **self._kwargs(timeout))
-        except requests.exceptions.Timeout as exc:
+        except Timeout as exc:
             limit = self.timeout if timeout is None else timeout
             raise self._fail(path, f"timed out after {limit:g}s") from exc
-        except requests.exceptions.ConnectionError as exc:
+        except ConnectError as exc:
             raise self._fail(path, _describe_connection_error(exc)) from exc
-        except requests.exceptions.RequestException as exc:
+        except RequestException as exc:
             raise self._fail(path, f"request failed: {exc}") from exc
         if resp.status_code >= 400 and resp.status_code not in ok_statuses:
             raise self._fail(path, f"HTTP {resp.status_code}: {_error_text(resp)}")
         return resp
 
-    def _json(self, resp: requests.Response, path: str) -> dict[str, Any]:
+    def _json(self, resp: Response, path: str) -> dict[str, Any]:
         try:
             body = resp.json()
         except ValueError as exc:
@@ -506,17 +505,17 @@ class EtcdClient:
                 stream=True,
                 **self._kwargs((min(self.timeout, timeout), timeout)),
             )
-        except requests.exceptions.Timeout as exc:
+        except Timeout as exc:
             raise self._fail(path, f"timed out after {timeout:g}s") from exc
-        except requests.exceptions.RequestException as exc:
+        except RequestException as exc:
             raise self._fail(path, _describe_connection_error(exc)) from exc
         with resp:
             if resp.status_code >= 400:
                 raise self._fail(path, f"HTTP {resp.status_code}: {_error_text(resp)}")
             yield from self._watch_stream(resp, path, deadline)
 
-    def _watch_stream(self, resp: requests.Response, path: str, deadline: float) -> Iterator[WatchEvent]:
-        sock = _response_socket(resp)
+    def _watch_stream(self, resp: Response, path: str, deadline: float) -> Iterator[WatchEvent]:
+        sock = response_socket(resp)
         buffer = b""
         decoder = json.JSONDecoder()
         while True:
@@ -528,7 +527,7 @@ class EtcdClient:
                 sock.settimeout(max(remaining, 0.01))
             try:
                 chunk = resp.raw.read1(65536) if hasattr(resp.raw, "read1") else resp.raw.read(1)
-            except (TimeoutError, requests.exceptions.RequestException, OSError, ValueError):
+            except (TimeoutError, RequestException, OSError, ValueError):
                 return  # the time ran out (or the server went away): the watch is over
             except Exception as exc:  # urllib3 wraps socket timeouts in its own exception types
                 if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
@@ -667,7 +666,7 @@ def _v2_node(node: Mapping[str, Any]) -> V2Node:
     )
 
 
-def _error_text(resp: requests.Response) -> str:
+def _error_text(resp: Response) -> str:
     """The useful part of an error answer: etcd's JSON message if there is one, else the start of the body."""
     try:
         body = resp.json()
@@ -680,9 +679,9 @@ def _error_text(resp: requests.Response) -> str:
     return _one_line(json.dumps(body), 100)
 
 
-def _describe_connection_error(exc: requests.exceptions.RequestException) -> str:
+def _describe_connection_error(exc: RequestException) -> str:
     text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, SSLError):
         # the reason ("certificate verify failed", "bad certificate") sits at the end of urllib3's long text
         match = re.search(r"\[SSL[^\]]*\]\s*([^()'\"]+)", text) or re.search(
             r"(SSLV3_ALERT_\w+|[a-z ]*certificate[a-z ]*)", text
@@ -699,17 +698,6 @@ def _describe_connection_error(exc: requests.exceptions.RequestException) -> str
         if marker in text:
             return said
     return f"cannot connect: {_one_line(text, 100)}"
-
-
-def _response_socket(resp: requests.Response) -> socket.socket | None:
-    """The socket under a streamed response, to bound each read by the watch's deadline (best effort)."""
-    conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if isinstance(sock, socket.socket):
-        return sock
-    fp = getattr(getattr(getattr(resp.raw, "_fp", None), "fp", None), "raw", None)
-    sock = getattr(fp, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def cluster_health(clients: Mapping[str, EtcdClient]) -> ClusterHealth:

@@ -1,6 +1,6 @@
 """fleet, read and driven three ways: its HTTP API v1, fleetctl's tables, and its etcd v2 key layout.
 
-Everything is checked against the captures of a real fleet v1.0.0 (``shared/fixtures/fleet-v1.0.0``).
+Everything is checked against the captures of a real fleet v1.0.0 (``tests/fixtures/fleet-v1.0.0``).
 
 - :class:`FleetClient` talks to ``/fleet/v1`` over TCP (``http://host:port``), a local unix socket
   (``unix:///var/run/fleet.sock``), or a node's socket through a :class:`~coreos_lab.runner.Runner`
@@ -242,18 +242,16 @@ class RequestsTransport:
     _UNIX_HOST = "fleet-unix-socket"
 
     def __init__(self, base_url: str, session: Any | None = None) -> None:
-        import requests
-
-        from coreos_lab.unixhttp import UnixHTTPAdapter
+        from coreos_lab import http  # requests loads only when a client talks HTTP
 
         parts = urlsplit(base_url)
         if session is None:
-            session = requests.Session()
-            session.trust_env = False  # an explicit fleet endpoint must never go through an environment proxy
+            # an explicit fleet endpoint must never go through an environment proxy
+            session = http.session(trust_env=False)
         self.session = session
         if parts.scheme == "unix":
             path = parts.path or DEFAULT_SOCKET
-            self.session.mount(f"http://{self._UNIX_HOST}/", UnixHTTPAdapter(path))
+            self.session.mount(f"http://{self._UNIX_HOST}/", http.UnixAdapter(path))
             self.base = f"http://{self._UNIX_HOST}"
         elif parts.scheme in {"http", "https"} and parts.netloc:
             self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
@@ -263,12 +261,12 @@ class RequestsTransport:
             raise FleetError(f"fleet endpoint {base_url!r}: expected http://HOST:PORT or unix:///PATH")
 
     def request(self, method: str, path: str, body: bytes | None, timeout: float) -> HTTPAnswer:
-        import requests
+        from coreos_lab.http import RequestException
 
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
             resp = self.session.request(method, self.base + path, data=body, headers=headers, timeout=timeout)
-        except requests.RequestException as exc:
+        except RequestException as exc:
             raise FleetError(f"cannot reach fleet at {self.base}: {exc.__class__.__name__}: {exc}") from None
         return HTTPAnswer(resp.status_code, resp.content)
 
@@ -505,7 +503,7 @@ class MachineRow:
 
 
 @dataclass(frozen=True, slots=True)
-class UnitRow:
+class FleetctlUnit:
     """A row of ``fleetctl list-units``."""
 
     unit: str
@@ -519,7 +517,7 @@ class UnitRow:
 
 
 @dataclass(frozen=True, slots=True)
-class UnitFileRow:
+class FleetctlUnitFile:
     """A row of ``fleetctl list-unit-files``. ``target`` is the raw cell (``global``, ``ID.../IP`` or None)."""
 
     unit: str
@@ -559,13 +557,13 @@ def parse_list_machines(text: str) -> list[MachineRow]:
     ]
 
 
-def parse_list_units(text: str) -> list[UnitRow]:
+def parse_list_units(text: str) -> list[FleetctlUnit]:
     """``fleetctl list-units [--full] [--no-legend] [--fields=...]`` output -> rows."""
-    out: list[UnitRow] = []
+    out: list[FleetctlUnit] = []
     for r in parse_table(text, "units", UNIT_COLUMNS):
         machine, ip = split_machine_cell(r.get("machine"))
         out.append(
-            UnitRow(
+            FleetctlUnit(
                 unit=_required(r, "unit", "list-units"),
                 machine=machine,
                 ip=ip,
@@ -579,9 +577,9 @@ def parse_list_units(text: str) -> list[UnitRow]:
     return out
 
 
-def parse_list_unit_files(text: str) -> list[UnitFileRow]:
+def parse_list_unit_files(text: str) -> list[FleetctlUnitFile]:
     """``fleetctl list-unit-files [--full] [--no-legend] [--fields=...]`` output -> rows."""
-    out: list[UnitFileRow] = []
+    out: list[FleetctlUnitFile] = []
     for r in parse_table(text, "unit-files", UNIT_FILE_COLUMNS):
         target = r.get("target")
         is_global = target == "global" or (r.get("global") or "").lower() == "true"
@@ -589,7 +587,7 @@ def parse_list_unit_files(text: str) -> list[UnitFileRow]:
         if machine is None and r.get("tmachine"):
             machine, ip = split_machine_cell(r.get("tmachine"))
         out.append(
-            UnitFileRow(
+            FleetctlUnitFile(
                 unit=_required(r, "unit", "list-unit-files"),
                 hash=r.get("hash"),
                 dstate=r.get("dstate"),
@@ -724,10 +722,7 @@ def parse_etcd_registry(doc: object) -> FleetRegistry:
     return FleetRegistry(tuple(units), tuple(machines), tuple(states), contents, leader)
 
 
-# ---- fleetctl-compatible output ----------------------------------------------------------------------------------
-TAB_WIDTH = 8
-
-
+# ---- fleetctl's cell values (its tables are printed by the CLI: coreos_lab.cli._common.format_table) ----------
 def short_machine_id(machine_id: str, full: bool = False) -> str:
     """fleetctl's machine column: the first 8 characters plus ``...`` unless ``full``."""
     return machine_id if full or len(machine_id) <= 8 else machine_id[:8] + "..."
@@ -743,85 +738,6 @@ def machine_cell(machine_id: str | None, ip: str | None, full: bool = False) -> 
 def short_hash(digest: str, full: bool = False) -> str:
     """fleetctl's hash column: 7 characters unless ``full``."""
     return digest if full else digest[:7]
-
-
-def format_table(columns: Sequence[str], rows: Sequence[Sequence[str | None]], *, legend: bool = True) -> str:
-    """Render like fleetctl (Go's text/tabwriter, tab width 8, padding 1, tabs as padding).
-
-    Each column is as wide as its widest cell plus one, rounded up to a multiple of 8, and filled with tabs;
-    the last column is not padded; None or empty cells print as ``-``.
-    """
-    lines = [[c.upper() for c in columns]] if legend else []
-    lines += [[("-" if cell in (None, "") else str(cell)) for cell in row] for row in rows]
-    if not lines:
-        return ""
-    ncols = len(columns)
-    for line in lines:
-        if len(line) != ncols:
-            raise ValueError(f"row has {len(line)} cells, expected {ncols}")
-    widths = [0] * ncols
-    for line in lines:
-        for i, cell in enumerate(line[:-1]):
-            widths[i] = max(widths[i], len(cell))
-    cellw = [-(-(w + 1) // TAB_WIDTH) * TAB_WIDTH for w in widths]
-    out: list[str] = []
-    for line in lines:
-        parts = [cell + "\t" * -(-(cellw[i] - len(cell)) // TAB_WIDTH) for i, cell in enumerate(line[:-1])]
-        out.append("".join(parts) + line[-1] + "\n")
-    return "".join(out)
-
-
-def unit_state_line(name: str, state: str, machine_id: str | None = None, ip: str | None = None) -> str:
-    """fleetctl's per-unit progress line: ``Unit hello.service launched on 3d1219c7.../127.0.0.1``.
-
-    Without a machine it is ``Unit hello.service inactive``. (fleetctl v1.0.0 prints ``Unit global.service ``,
-    with an empty state, after submitting a global unit: pass ``state=""`` to reproduce that.)
-    """
-    if machine_id:
-        return f"Unit {name} {state} on {machine_cell(machine_id, ip)}"
-    return f"Unit {name} {state}"
-
-
-def _ips(machines: Sequence[FleetMachine]) -> dict[str, str]:
-    return {m.id: m.primary_ip for m in machines}
-
-
-def list_machines_table(machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True) -> str:
-    """``fleetctl list-machines`` output for ``machines``."""
-    rows = [
-        (short_machine_id(m.id, full), m.primary_ip, ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-        for m in sorted(machines, key=lambda m: m.id)
-    ]
-    return format_table(MACHINE_COLUMNS, rows, legend=legend)
-
-
-def list_units_table(
-    states: Sequence[FleetUnitState], machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True
-) -> str:
-    """``fleetctl list-units`` output (UNIT MACHINE ACTIVE SUB) from unit states and machines."""
-    ips = _ips(machines)
-    rows = [
-        (s.name, machine_cell(s.machine_id, ips.get(s.machine_id), full), s.active_state, s.sub_state)
-        for s in sorted(states, key=lambda s: (s.name, s.machine_id))
-    ]
-    return format_table(UNIT_COLUMNS, rows, legend=legend)
-
-
-def list_unit_files_table(
-    units: Sequence[FleetUnit], machines: Sequence[FleetMachine], *, full: bool = False, legend: bool = True
-) -> str:
-    """``fleetctl list-unit-files`` output (UNIT HASH DSTATE STATE TARGET) from units and machines.
-
-    Global units show ``-`` as STATE and ``global`` as TARGET, as fleetctl does.
-    """
-    ips = _ips(machines)
-    rows = []
-    for u in sorted(units, key=lambda u: u.name):
-        is_global = is_global_unit(u)
-        target = "global" if is_global else machine_cell(u.machine_id, ips.get(u.machine_id or ""), full)
-        state = None if is_global else u.current_state
-        rows.append((u.name, short_hash(u.hash, full), u.desired_state, state, target))
-    return format_table(UNIT_FILE_COLUMNS, rows, legend=legend)
 
 
 def is_global_unit(unit: FleetUnit) -> bool:

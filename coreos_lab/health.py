@@ -12,25 +12,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import json
+import logging
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from coreos_lab.deploy import ETCD_PORT, NodeFacts, UnitRow, observe, probe_nodes_and, unit_rows
 from coreos_lab.errors import CoreosLabError
 from coreos_lab.fsutil import atomic_write
+from coreos_lab.probe import ETCD_PORT, NodeFacts, probe_nodes, probe_nodes_and
 from coreos_lab.state import EtcdKV, RecordStore, UnitRecord
+from coreos_lab.units.observe import observe, unit_rows
+from coreos_lab.units.results import UnitRow
 
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
     from coreos_lab.config import NodeSpec
     from coreos_lab.etcd import ClusterHealth, EtcdClient
     from coreos_lab.systemd import UnitState
+
+log = logging.getLogger(__name__)
 
 NODE_DOWN: Final = 1
 ETCD_UNHEALTHY: Final = 2
@@ -145,16 +149,16 @@ class ClusterStatus:
 def vagrant_states(lab_dir: Path | None) -> dict[str, str] | None:
     """``{machine: state}`` from ``vagrant status`` when ``lab_dir`` is a Vagrant lab; None when it is not.
 
-    Any failure (no Vagrant, no coreos_lab.vagrant, a broken Vagrantfile) maps every machine to ``unknown``:
-    the SSH and etcd checks still say whether the nodes work.
+    Any failure (no Vagrant, a broken Vagrantfile) maps every machine to ``unknown``: the SSH and etcd
+    checks still say whether the nodes work.
     """
     if lab_dir is None or not (Path(lab_dir) / "Vagrantfile").is_file():
         return None
+    from coreos_lab.vagrant import VagrantLab
+
     try:
-        vagrant = importlib.import_module("coreos_lab.vagrant")
-        lab = vagrant.VagrantLab(Path(lab_dir))
-        return {str(m.name): str(m.state) for m in lab.status()}
-    except (CoreosLabError, ImportError, OSError, AttributeError):
+        return {m.name: m.state for m in VagrantLab(Path(lab_dir)).status()}
+    except (CoreosLabError, OSError):
         return {}
 
 
@@ -203,7 +207,7 @@ def _units_cache(cluster: Cluster) -> Path | None:
 
 def _cached_unit_names(path: Path | None) -> list[str]:
     """The cached names, each a valid unit name (anything else in the file is ignored); [] when none."""
-    from coreos_lab.systemd import validate_unit_name
+    from coreos_lab.unitfile import check_unit_name
 
     if path is None:
         return []
@@ -216,7 +220,7 @@ def _cached_unit_names(path: Path | None) -> list[str]:
         if not isinstance(item, str):
             continue
         with contextlib.suppress(CoreosLabError):
-            names.add(validate_unit_name(item))
+            names.add(check_unit_name(item))
     return sorted(names)[:MAX_GUESSED_UNITS]
 
 
@@ -351,3 +355,115 @@ def cluster_status(
     for c in side.clients.values():
         c.close()
     return ClusterStatus(tuple(nodes), etcd, units, units_error, time.monotonic() - started)
+
+
+# ---- the report through the mux ------------------------------------------------------------------------------------
+def _specs_to_wire(specs: Mapping[str, NodeSpec] | None) -> list[dict[str, Any]] | None:
+    if specs is None:
+        return None
+    return [{"index": s.index, "name": s.name, "ip": s.ip, "metadata": dict(s.metadata)} for s in specs.values()]
+
+
+def _specs_from_wire(raw: object) -> dict[str, NodeSpec] | None:
+    from coreos_lab.config import NodeSpec
+
+    if not isinstance(raw, list):
+        return None
+    return {
+        str(s["name"]): NodeSpec(int(s["index"]), str(s["name"]), str(s["ip"]), dict(s.get("metadata") or {}))
+        for s in raw
+    }
+
+
+def status_request(cluster: Cluster, req: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer a ``status`` request made by :func:`report` (in the mux process, over its runners)."""
+    lab_dir = req.get("lab_dir")
+    result = cluster_status(
+        cluster,
+        lab_dir=Path(lab_dir) if lab_dir else None,
+        specs=_specs_from_wire(req.get("specs")),
+        etcd_timeout=float(req.get("etcd_timeout", 3.0)),
+        etcd_port=int(req.get("etcd_port", ETCD_PORT)),
+    )
+    return result.to_json()
+
+
+def report(
+    cluster: Cluster,
+    *,
+    lab_dir: Path | None = None,
+    specs: Mapping[str, NodeSpec] | None = None,
+    etcd_timeout: float = 3.0,
+    etcd_port: int = ETCD_PORT,
+) -> dict[str, Any]:
+    """:func:`cluster_status` as JSON, computed where the connections are.
+
+    With persistent connections the mux computes it, next to its open connections and warm etcd sessions (the
+    CLI then needs no hop through the mux per etcd request); without them, or when that mux cannot (an older
+    mux process, or a failure of the mux itself), right here.
+    """
+    from coreos_lab.mux import MuxRunner
+
+    first = cluster.runner(cluster.names[0]) if cluster.names else None
+    if isinstance(first, MuxRunner):
+        req = {
+            "op": "status",
+            "lab_dir": str(lab_dir) if lab_dir else None,
+            "tls_dir": str(cluster.etcd_tls_dir) if cluster.etcd_tls_dir else None,
+            "etcd_timeout": etcd_timeout,
+            "etcd_port": etcd_port,
+            "specs": _specs_to_wire(specs),
+        }
+        try:
+            answer = first.client.request(req, timeout=600).get("report")
+        except CoreosLabError as exc:
+            log.debug("mux status failed, checking in this process: %s", exc)
+        else:
+            if isinstance(answer, dict):
+                return answer
+    return cluster_status(
+        cluster, lab_dir=lab_dir, specs=specs, etcd_timeout=etcd_timeout, etcd_port=etcd_port
+    ).to_json()
+
+
+# ---- is the cluster ready? (`up`'s bounded wait) --------------------------------------------------------------------
+def ready(facts: Mapping[str, NodeFacts], expected_members: int, *, etcd: bool = True) -> bool:
+    """Every node reachable; with ``etcd``, every node's etcd unit active and healthy with the expected
+    number of started members."""
+    if not facts or not all(f.reachable for f in facts.values()):
+        return False
+    if not etcd:
+        return True
+    return all(f.etcd is not None and f.etcd.ready(expected_members) for f in facts.values())
+
+
+def wait_ready(
+    connect: Callable[[], Cluster],
+    nodes: Sequence[str],
+    *,
+    etcd_unit: str,
+    expected_members: int,
+    etcd: bool,
+    timeout: float,
+    on_round: Callable[[dict[str, NodeFacts]], None] | None = None,
+    interval: float = 5.0,
+    tls: bool = False,
+) -> tuple[bool, dict[str, NodeFacts]]:
+    """Probe ``nodes`` (one command each, :mod:`coreos_lab.probe` with the etcd part) until :func:`ready` or
+    ``timeout`` seconds passed; return (ready, the last facts). ``connect`` makes a fresh cluster each round
+    (a booting node's SSH address may still change); ``tls``: etcd speaks https."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, NodeFacts] = {}
+    while True:
+        try:
+            with connect() as cluster:
+                last = probe_nodes(cluster, nodes=list(nodes), etcd_unit=etcd_unit, tls=tls, addresses=True, timeout=40)
+        except CoreosLabError as exc:
+            last = {n: NodeFacts(n, False, error=str(exc)) for n in nodes}
+        if on_round:
+            on_round(last)
+        if ready(last, expected_members, etcd=etcd):
+            return True, last
+        if time.monotonic() + interval >= deadline:
+            return False, last
+        time.sleep(interval)

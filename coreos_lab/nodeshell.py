@@ -14,3 +14,8 @@ from typing import Final
 ADDRESSES: Final = (
     "ip -4 -o addr show scope global 2>/dev/null | while read -r _ _ _ a _; do printf '%s ' \"${a%/*}\"; done"
 )
+
+# Where the lab's cloud-config puts a node's placement metadata (``key=value`` lines), read by the probe.
+METADATA_PATH: Final = "/etc/coreos-lab/metadata"
+# fleetd's API socket on a node that runs fleet.
+FLEET_SOCKET: Final = "/var/run/fleet.sock"

@@ -324,6 +324,7 @@ def render_lab(
     ``user_data`` (the lab root's, :func:`coreos_lab.pickup.read_user_data`) is merged into every node's
     cloud-config; ``ignition`` (:func:`coreos_lab.pickup.read_ignition`) is only recorded.
     """
+    config_mod.validate(cfg)
     return render_lab_merged(cfg, tls_material, user_data=user_data, ignition=ignition)[0]
 
 
@@ -334,8 +335,8 @@ def render_lab_merged(
     user_data: UserData | None = None,
     ignition: Ignition | None = None,
 ) -> tuple[tuple[RenderedFile, ...], MergeSummary | None]:
-    """:func:`render_lab`, plus what merging ``user_data`` added (None without one)."""
-    config_mod.validate(cfg)
+    """:func:`render_lab` of a validated ``cfg`` (``init_lab`` and ``load`` have checked it), plus what merging
+    ``user_data`` added (None without one)."""
     if cfg.tls and tls_material is None:
         raise ConfigError("internal: a TLS lab renders only with its certificates (tls.generate or tls.load)")
     env = _environment()
@@ -439,7 +440,7 @@ def merge_cloud_config(
     return "\n".join(header) + "\n\n" + body, summary
 
 
-_PLAIN_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PLAIN_KEY: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Plain words YAML 1.1 reads as something else than a string (a key spelled so is quoted).
 _YAML11_WORDS: Final = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
 
@@ -713,7 +714,7 @@ def init_lab(
     with ``force``; the lab root's user-data and config.ign are checked first).
     """
     lab_dir = Path(lab_dir).absolute()
-    config_mod.validate(draft, draft=True)
+    config_mod.validate(draft, draft=True, discovery_endpoint=discovery_endpoint)
     if lab_dir.exists() and not lab_dir.is_dir():
         raise UsageError(f"{lab_dir} exists and is not a directory")
     inputs = _Inputs.read(lab_dir, draft)
@@ -723,8 +724,6 @@ def init_lab(
             f"{lab_dir} already holds a lab ({', '.join(p.name for p in present)})",
             hint="use --force to overwrite it, or 'coreos-lab render' to re-render it",
         )
-    if draft.bootstrap == "self-hosted" and draft.discovery_url is None and not discovery_endpoint:
-        raise UsageError("--bootstrap self-hosted needs --discovery-endpoint URL (an etcd serving the v2 API)")
     cfg = discovery.resolve(draft, service=discovery_service, endpoint=discovery_endpoint, policy=policy)
     material = tls.generate(cfg) if cfg.tls else None
     rendered, summary = render_lab_merged(cfg, material, user_data=inputs.user_data, ignition=inputs.ignition)

@@ -7,8 +7,10 @@ unit cannot both win: the loser gets ``None`` back and must re-read.
 
 No I/O happens here. :class:`KeyValueStore` is the small byte-level protocol an etcd client implements
 (a v3 transaction comparing ``mod_revision``, or ``create_revision == 0`` for "must not exist");
-:class:`RecordStore` turns any such store into a :class:`DesiredStateStore`. :class:`InMemoryKV` is for tests.
+:class:`RecordStore` turns any such store into a :class:`DesiredStateStore` (tests use
+:class:`coreos_lab.testing.InMemoryKV`).
 
+>>> from coreos_lab.testing import InMemoryKV
 >>> from coreos_lab.unitfile import UnitFile
 >>> store = RecordStore(InMemoryKV())
 >>> rec = UnitRecord.new(UnitFile.parse("[Service]\\nExecStart=/bin/true\\n", name="a.service"), "launched")
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, cast
@@ -371,44 +372,3 @@ class EtcdKV:
             except UnicodeDecodeError:
                 raise EtcdError(f"etcd key under {prefix} is not UTF-8: {kv.key[:60]!r}") from None
         return sorted(out)
-
-
-class InMemoryKV:
-    """A thread-safe in-memory :class:`KeyValueStore` with etcd's revision semantics. For tests only."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[bytes, int]] = {}
-        self._revision = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[bytes, int] | None:
-        with self._lock:
-            return self._data.get(key)
-
-    def put_if(self, key: str, value: bytes, expected_revision: int) -> int | None:
-        with self._lock:
-            current = self._data.get(key)
-            if (current[1] if current else 0) != expected_revision:
-                return None
-            self._revision += 1
-            self._data[key] = (bytes(value), self._revision)
-            return self._revision
-
-    def delete_if(self, key: str, expected_revision: int | None = None) -> bool:
-        with self._lock:
-            current = self._data.get(key)
-            if current is None or (expected_revision is not None and current[1] != expected_revision):
-                return False
-            del self._data[key]
-            self._revision += 1
-            return True
-
-    def list_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        with self._lock:
-            return [(k, v, r) for k, (v, r) in sorted(self._data.items()) if k.startswith(prefix)]
-
-    def raw_put(self, key: str, value: bytes) -> None:
-        """Write without any check (to plant garbage in tests)."""
-        with self._lock:
-            self._revision += 1
-            self._data[key] = (value, self._revision)

@@ -23,18 +23,12 @@ from typing import Any
 
 from coreos_lab.errors import CommandFailed, CoreosLabError, UnitFileError
 from coreos_lab.runner import Runner
+from coreos_lab.unitfile import UNIT_NAME_MAX, check_unit_name, validate_unit_pattern
 
 UNIT_DIR = "/etc/systemd/system"
-UNIT_NAME_MAX = 255
-UNIT_SUFFIXES = (
-    ".service", ".socket", ".target", ".timer", ".path", ".mount", ".automount", ".swap", ".slice", ".scope", ".device",
-)  # fmt: skip
 # Units that exist only at run time: systemd never loads them from a unit file.
 _NOT_INSTALLABLE = (".scope", ".device")
 
-# systemd's VALID_CHARS plus '@' (which may appear once, before the instance); '\' starts \xNN escapes.
-_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
-_GLOB_CHARS = re.compile(r"[A-Za-z0-9:_.\\@*?\[\]-]+")
 _DROP_IN = re.compile(r"[A-Za-z0-9:_.@-]+\.conf")
 
 SHOW_PROPERTIES = (
@@ -52,48 +46,6 @@ SHOW_PROPERTIES = (
     "NRestarts",
     "InvocationID",
 )
-
-
-def validate_unit_name(name: str, *, allow_template: bool = True, allow_instance: bool = True) -> str:
-    """Return ``name`` if it is a valid systemd unit name, else raise UnitFileError.
-
-    The rules are systemd's: at most 255 characters of ``[A-Za-z0-9:_.\\-@]``, a known type suffix, and
-    ``@`` at most once: ``name@.service`` is a template, ``name@instance.service`` an instance of one.
-
-    >>> validate_unit_name("hello@.service")
-    'hello@.service'
-    >>> validate_unit_name("x;reboot.service")
-    Traceback (most recent call last):
-    ...
-    coreos_lab.errors.UnitFileError: invalid unit name 'x;reboot.service': only letters, digits and :_.-\\@ are allowed
-    """
-    if not isinstance(name, str) or not name:
-        raise UnitFileError("invalid unit name: empty")
-    shown = repr(name if len(name) <= 80 else name[:77] + "...")
-    if len(name) > UNIT_NAME_MAX:
-        raise UnitFileError(f"invalid unit name {shown}: longer than {UNIT_NAME_MAX} characters")
-    suffix = next((s for s in UNIT_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        raise UnitFileError(f"invalid unit name {shown}: it must end in one of {', '.join(UNIT_SUFFIXES)}")
-    stem = name[: -len(suffix)]
-    prefix, at, instance = stem.partition("@")
-    if not prefix:
-        raise UnitFileError(f"invalid unit name {shown}: nothing before the type suffix or '@'")
-    for part in (prefix, instance) if at else (prefix,):
-        if part and not _NAME_CHARS.fullmatch(part):
-            raise UnitFileError(f"invalid unit name {shown}: only letters, digits and :_.-\\@ are allowed")
-    if at and not allow_template and not instance:
-        raise UnitFileError(f"invalid unit name {shown}: a template (name@.type) cannot be used here")
-    if at and not allow_instance and instance:
-        raise UnitFileError(f"invalid unit name {shown}: an instance (name@instance.type) cannot be used here")
-    return name
-
-
-def validate_unit_pattern(pattern: str) -> str:
-    """A ``list-units`` glob: unit-name characters plus ``* ? [ ]``; anything else raises UnitFileError."""
-    if not pattern or len(pattern) > UNIT_NAME_MAX or not _GLOB_CHARS.fullmatch(pattern):
-        raise UnitFileError(f"invalid unit pattern {pattern[:80]!r}: use unit-name characters and * ? [ ]")
-    return pattern
 
 
 def validate_drop_in_name(name: str) -> str:
@@ -165,8 +117,8 @@ class UnitState:
 
 
 @dataclass(frozen=True, slots=True)
-class UnitRow:
-    """One line of ``systemctl list-units``."""
+class SystemctlUnit:
+    """One line of ``systemctl list-units`` (a unit as the node's systemd lists it)."""
 
     unit: str
     load: str
@@ -209,7 +161,7 @@ def _int(value: str) -> int:
 
 def show_argv(units: Sequence[str]) -> list[str]:
     """``systemctl show`` of several (validated) units with the properties :func:`parse_show` reads."""
-    names = [validate_unit_name(u) for u in units]
+    names = [check_unit_name(u) for u in units]
     return ["systemctl", "show", "--timestamp=unix", "-p", ",".join(SHOW_PROPERTIES), "--", *names]
 
 
@@ -251,7 +203,7 @@ def parse_show(text: str, names: Sequence[str]) -> list[UnitState]:
     ]
 
 
-def parse_list_units(text: str) -> list[UnitRow]:
+def parse_list_units(text: str) -> list[SystemctlUnit]:
     """``systemctl list-units`` output: JSON (``--output=json``, systemd >= 250) or the plain table."""
     stripped = text.strip()
     if stripped.startswith("["):
@@ -262,7 +214,7 @@ def parse_list_units(text: str) -> list[UnitRow]:
         if not isinstance(items, list):
             raise CoreosLabError("systemctl list-units answered JSON that is not a list")
         return [
-            UnitRow(
+            SystemctlUnit(
                 unit=str(item.get("unit", "")),
                 load=str(item.get("load", "")),
                 active=str(item.get("active", "")),
@@ -279,7 +231,7 @@ def parse_list_units(text: str) -> list[UnitRow]:
             parts = line.split(None, 5)[1:]
         if len(parts) < 4:
             continue
-        rows.append(UnitRow(parts[0], parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else ""))
+        rows.append(SystemctlUnit(parts[0], parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else ""))
     return rows
 
 
@@ -303,7 +255,7 @@ class SystemdClient:
 
     def show_many(self, units: Sequence[str]) -> list[UnitState]:
         """The states of several units in one ``systemctl show`` call, in the order given."""
-        names = [validate_unit_name(u) for u in units]
+        names = [check_unit_name(u) for u in units]
         if not names:
             return []
         result = self.runner.run(show_argv(names), timeout=self.timeout).check()
@@ -312,7 +264,7 @@ class SystemdClient:
     def is_active(self, unit: str) -> bool:
         return self.show(unit).is_active
 
-    def list_units(self, pattern: str | None = None) -> list[UnitRow]:
+    def list_units(self, pattern: str | None = None) -> list[SystemctlUnit]:
         """Loaded units (all states) matching a glob, e.g. ``etcd*`` or ``*.service``."""
         argv = ["systemctl", "list-units", "--all", "--no-legend", "--plain", "--full", "--no-pager", "--output=json"]
         if pattern:
@@ -329,7 +281,7 @@ class SystemdClient:
         self, unit: str, *, cursor: str | None = None, lines: int | None = 50, since: str | None = None
     ) -> tuple[str, str | None]:
         """Journal lines after ``cursor`` (or the last ``lines``) and the cursor to continue from (for ``-f``)."""
-        argv = ["journalctl", f"--unit={validate_unit_name(unit)}", "--no-pager", "-o", "short-iso", "--show-cursor"]
+        argv = ["journalctl", f"--unit={check_unit_name(unit)}", "--no-pager", "-o", "short-iso", "--show-cursor"]
         if cursor:
             argv.append(f"--after-cursor={cursor}")
         elif lines is not None:
@@ -368,7 +320,7 @@ class SystemdClient:
     # -- changing --------------------------------------------------------------------------------------
 
     def _systemctl(self, verb: str, *units: str) -> None:
-        names = [validate_unit_name(u) for u in units]
+        names = [check_unit_name(u) for u in units]
         self.runner.run(["systemctl", verb, "--", *names], sudo=True, timeout=self.timeout).check()
 
     def start(self, unit: str) -> None:
@@ -395,7 +347,7 @@ class SystemdClient:
         ``name`` must be a unit or a template (``name@.service``), not an instance. Each drop-in lands in
         ``/etc/systemd/system/<name>.d/<dropin>``.
         """
-        validate_unit_name(name, allow_instance=False)
+        check_unit_name(name, allow_instance=False)
         if name.endswith(_NOT_INSTALLABLE):
             raise UnitFileError(f"{name}: {name.rsplit('.', 1)[1]} units cannot be installed from a file")
         drop_ins = dict(drop_ins or {})
@@ -411,7 +363,7 @@ class SystemdClient:
 
     def remove(self, name: str) -> None:
         """Stop and disable the unit, delete its file and drop-ins, daemon-reload. Safe to repeat."""
-        validate_unit_name(name, allow_instance=False)
+        check_unit_name(name, allow_instance=False)
         path = f"{UNIT_DIR}/{name}"
         # A template has no state of its own: stop (and forget failures of) its instances instead.
         target = name.replace("@.", "@*.", 1) if "@." in name else name

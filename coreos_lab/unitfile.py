@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from coreos_lab.errors import UnitFileError
-from coreos_lab.systemd import validate_unit_name as _systemd_validate_unit_name
 
 # Sections systemd itself reads. Unknown sections are ignored by systemd with a warning, which in
 # practice means a typo ([Sevice]) silently drops a whole section: we reject them. X- sections are
@@ -38,6 +37,59 @@ _KEY = re.compile(r"[A-Za-z0-9_.-]+")
 _GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000" + "".join(map(chr, range(0x2000, 0x200B)))
 # fleet's API re-parses units with go-systemd, which refuses lines of 2048 bytes or more.
 FLEET_LINE_MAX = 2048
+
+
+# ---- unit names: systemd's rules, the one home of them --------------------------------------------------------
+UNIT_NAME_MAX = 255
+UNIT_SUFFIXES = (
+    ".service", ".socket", ".target", ".timer", ".path", ".mount", ".automount", ".swap", ".slice", ".scope", ".device",
+)  # fmt: skip
+
+# systemd's VALID_CHARS plus '@' (which may appear once, before the instance); '\' starts \xNN escapes.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
+_GLOB_CHARS = re.compile(r"[A-Za-z0-9:_.\\@*?\[\]-]+")
+
+
+def check_unit_name(name: str, *, allow_template: bool = True, allow_instance: bool = True) -> str:
+    """Return ``name`` if it is a valid systemd unit name, else raise UnitFileError.
+
+    The rules are systemd's: at most 255 characters of ``[A-Za-z0-9:_.\\-@]``, a known type suffix, and
+    ``@`` at most once: ``name@.service`` is a template, ``name@instance.service`` an instance of one.
+
+    >>> check_unit_name("hello@.service")
+    'hello@.service'
+    >>> check_unit_name("x;reboot.service")
+    Traceback (most recent call last):
+    ...
+    coreos_lab.errors.UnitFileError: invalid unit name 'x;reboot.service': only letters, digits and :_.-\\@ are allowed
+    """
+    if not isinstance(name, str) or not name:
+        raise UnitFileError("invalid unit name: empty")
+    shown = repr(name if len(name) <= 80 else name[:77] + "...")
+    if len(name) > UNIT_NAME_MAX:
+        raise UnitFileError(f"invalid unit name {shown}: longer than {UNIT_NAME_MAX} characters")
+    suffix = next((s for s in UNIT_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise UnitFileError(f"invalid unit name {shown}: it must end in one of {', '.join(UNIT_SUFFIXES)}")
+    stem = name[: -len(suffix)]
+    prefix, at, instance = stem.partition("@")
+    if not prefix:
+        raise UnitFileError(f"invalid unit name {shown}: nothing before the type suffix or '@'")
+    for part in (prefix, instance) if at else (prefix,):
+        if part and not _NAME_CHARS.fullmatch(part):
+            raise UnitFileError(f"invalid unit name {shown}: only letters, digits and :_.-\\@ are allowed")
+    if at and not allow_template and not instance:
+        raise UnitFileError(f"invalid unit name {shown}: a template (name@.type) cannot be used here")
+    if at and not allow_instance and instance:
+        raise UnitFileError(f"invalid unit name {shown}: an instance (name@instance.type) cannot be used here")
+    return name
+
+
+def validate_unit_pattern(pattern: str) -> str:
+    """A ``list-units`` glob: unit-name characters plus ``* ? [ ]``; anything else raises UnitFileError."""
+    if not pattern or len(pattern) > UNIT_NAME_MAX or not _GLOB_CHARS.fullmatch(pattern):
+        raise UnitFileError(f"invalid unit pattern {pattern[:80]!r}: use unit-name characters and * ? [ ]")
+    return pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +124,7 @@ class UnitName:
 
 
 def validate_unit_name(name: str) -> UnitName:
-    """Check ``name`` with systemd's rules (:func:`coreos_lab.systemd.validate_unit_name`) and split it.
+    """Check ``name`` with systemd's rules (:func:`check_unit_name`) and split it.
 
     >>> validate_unit_name("web@1.service").template
     'web@.service'
@@ -81,7 +133,7 @@ def validate_unit_name(name: str) -> UnitName:
     ...
     coreos_lab.errors.UnitFileError: invalid unit name 'web.servce': it must end in one of ...
     """
-    _systemd_validate_unit_name(name)  # one rule set for the whole project; raises UnitFileError
+    check_unit_name(name)  # one rule set for the whole project; raises UnitFileError
     stem, _, suffix = name.rpartition(".")
     prefix, at, instance = stem.partition("@")
     return UnitName(full=name, prefix=prefix, instance=instance if at else None, suffix=suffix)
@@ -116,7 +168,7 @@ class Section:
 
     def render(self) -> str:
         parts = [self.header_raw if self.header_raw is not None else f"[{self.name}]\n"]
-        pending = sorted(self.trivia)
+        pending = sorted(self.trivia, key=lambda item: item[0])  # stable: same-index lines keep file order
         t = 0
         for i, opt in enumerate(self.options):
             while t < len(pending) and pending[t][0] <= i:
@@ -631,3 +683,27 @@ class XFleet:
         for bad, why in rules:
             if bad:
                 raise UnitFileError(f"{label}: [X-Fleet] {why}")
+
+
+# ---- the unit file that carries a unit ------------------------------------------------------------------------------
+def file_name(unit: str) -> str:
+    """The unit file that carries ``unit``: itself, or its template for an instance (as fleet did).
+
+    >>> file_name("hello@1.service")
+    'hello@.service'
+
+    A bare template cannot run, so it is refused (UnitFileError, exit 2).
+    """
+    parsed = validate_unit_name(unit)
+    if parsed.is_template:
+        raise UnitFileError(
+            f"{unit} is a template: deploy instances of it instead, e.g. {parsed.prefix}@1.{parsed.suffix}"
+        )
+    return parsed.template if parsed.template is not None else unit
+
+
+def load_unit(text: str, name: str) -> tuple[UnitFile, XFleet]:
+    """Parse and validate a unit file and its [X-Fleet] section (UnitFileError, exit 2, on any problem)."""
+    unit = UnitFile.parse(text, name=name)
+    file_name(name)
+    return unit, XFleet.from_unit(unit)

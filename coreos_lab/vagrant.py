@@ -1,17 +1,20 @@
-"""Vagrant, driven for a lab directory: the only module importing python-vagrant.
+"""Vagrant, driven for a lab directory, and the lab's one cache of ``vagrant ssh-config``.
 
-python-vagrant's quirks, and what this module does about them:
+Every Vagrant process starts in :func:`_run`: in its own session, every stdout and stderr line handed to an
+optional callback, stderr kept for the error, a timeout, and Ctrl-C handled so Vagrant can clean up
+(exactly one SIGINT, a bounded wait, a second Ctrl-C kills it). What that buys over a bare subprocess:
 
-- ``ssh()`` / ``ssh_config()`` swallow failures (stderr to /dev/null, empty answers): here they raise
-  :class:`~coreos_lab.errors.VagrantError` carrying the last lines of Vagrant's stderr.
-- its ``conf()`` cache goes stale after ``up()``: we never use it; ``ssh_config_text`` has its own cache,
-  dropped by every up / reload / halt / destroy and whenever ``.vagrant/machines/*/*/id`` change.
-- a missing ``vagrant`` is a bare ``RuntimeError``; a missing provider plugin is a long Ruby message: both
-  become one line naming the Debian and upstream package to install.
-- its command methods take one machine name and hide stderr: the lifecycle commands (up, halt, destroy,
-  reload, provision) run through :meth:`VagrantLab._stream` instead, which takes several names, streams
-  every line to a callback and keeps stderr for the error. python-vagrant still parses ``status`` and
-  finds the executable.
+- a failure is a :class:`~coreos_lab.errors.VagrantError` carrying the last lines of Vagrant's stderr,
+  never an empty answer; a missing provider plugin (a long Ruby message) and a missing ``vagrant`` become
+  one line naming the Debian and upstream package to install.
+- commands take several machine names, so ``up core-01 core-02 --parallel`` boots them in one process.
+
+python-vagrant's ``Vagrant`` cannot do that (its methods take one machine, ``halt``/``destroy`` do not stream,
+its blocking calls kill Vagrant outright on Ctrl-C, and it has no timeout), so it is not used.
+
+``ssh_config_text`` is the lab's one ssh-config cache (``.coreos-lab/ssh-config.json``, 0600, written
+atomically): valid while the machine ids under ``.vagrant/machines`` are unchanged, dropped by every
+up / reload / halt / destroy (:func:`invalidate`).
 
 >>> lab = VagrantLab(Path("my-lab"), provider="libvirt")          # doctest: +SKIP
 >>> lab.up(on_line=print)                                          # doctest: +SKIP
@@ -26,15 +29,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-import vagrant as pyvagrant
+from typing import IO, Final
 
 from coreos_lab.errors import VagrantError
 from coreos_lab.fsutil import atomic_write
@@ -42,8 +44,9 @@ from coreos_lab.fsutil import atomic_write
 LineFn = Callable[[str], None]
 
 STATE_DIR: Final = ".coreos-lab"
-SSH_CONFIG_FILE: Final = "ssh-config"
-SSH_CONFIG_KEY_FILE: Final = "ssh-config.key"
+SSH_CONFIG_CACHE: Final = "ssh-config.json"
+_OLD_CACHES: Final = ("ssh-config", "ssh-config.key")  # what earlier versions cached there
+_EVERY_MACHINE: Final = "*"  # the cache key of "every created machine (the running ones if some are not)"
 # Providers that bring machines up in parallel (`vagrant up --parallel` is a no-op for the others).
 PARALLEL_PROVIDERS: Final = frozenset({"libvirt", "docker", "hyperv", "vmware_desktop", "aws"})
 INSTALL_HINTS: Final = {
@@ -54,11 +57,15 @@ INSTALL_HINTS: Final = {
     ),
     "virtualbox": "install VirtualBox from virtualbox.org (Debian does not ship it), or use --provider libvirt",
 }
+# libvirt names two states differently from VirtualBox; report the VirtualBox names for both providers.
+_STATE_ALIASES: Final = {("libvirt", "shutoff"): "poweroff", ("libvirt", "paused"): "saved"}
 _PROVIDER_MISSING_RE: Final = re.compile(r"provider '([\w-]+)' could not be found", re.IGNORECASE)
 _PROGRESS_RE: Final = re.compile(r"^(?:==> |    )([A-Za-z0-9][\w.-]*): (.*)$")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _RUBY_FRAME_RE: Final = re.compile(r"^\s*(?:from\s+)?\S+\.rb:\d+:in [`'][^']*'(?::\s*(.*))?$")
-DEFAULT_TIMEOUT: Final = 3600.0
+DEFAULT_TIMEOUT: Final = 3600.0  # up / halt / destroy / reload / provision
+QUERY_TIMEOUT: Final = 300.0  # status, ssh-config, ssh
+BOX_ADD_TIMEOUT: Final = 1800.0
 INTERRUPT_GRACE: Final = 120.0  # seconds Vagrant gets to clean up after Ctrl-C before it is killed
 
 
@@ -79,12 +86,12 @@ class MachineState:
         return self.state not in ("not_created", "")
 
 
-def vagrant_executable() -> str:
-    """The ``vagrant`` binary on PATH, or VagrantError naming the package to install."""
-    exe = pyvagrant.get_vagrant_executable()  # type: ignore[no-untyped-call]
+def vagrant_executable(path: str | None = None) -> str:
+    """The ``vagrant`` binary on ``path`` (default $PATH), or VagrantError naming the package to install."""
+    exe = shutil.which("vagrant", path=path)
     if not exe:
         raise VagrantError("vagrant is not installed (not found on PATH)", hint=INSTALL_HINTS["vagrant"])
-    return str(exe)
+    return exe
 
 
 def parse_progress(line: str, nodes: Iterable[str]) -> tuple[str, str] | None:
@@ -99,6 +106,24 @@ def parse_progress(line: str, nodes: Iterable[str]) -> tuple[str, str] | None:
     if match is None or match.group(1) not in set(nodes):
         return None
     return match.group(1), match.group(2).strip()
+
+
+def parse_status(text: str) -> list[MachineState]:
+    """``vagrant status --machine-readable`` (``timestamp,target,kind,data`` lines) -> machines, in its order.
+
+    >>> parse_status("1,core-01,provider-name,libvirt\\n1,core-01,state,shutoff\\n1,,ui,info,done\\n")
+    [MachineState(name='core-01', state='poweroff', provider='libvirt')]
+    """
+    machines: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.split(",", 3)
+        if len(parts) == 4 and parts[1] and parts[2] in ("provider-name", "state"):
+            machines.setdefault(parts[1], {})[parts[2]] = parts[3].strip()
+    out = []
+    for name, info in machines.items():
+        provider, state = info.get("provider-name", ""), info.get("state", "")
+        out.append(MachineState(name, _STATE_ALIASES.get((provider, state), state), provider))
+    return out
 
 
 def explain_failure(command: str, exit_code: int, stderr: str) -> VagrantError:
@@ -124,10 +149,10 @@ def explain_failure(command: str, exit_code: int, stderr: str) -> VagrantError:
     return VagrantError(f"vagrant {command} failed (exit {exit_code}): {tail}")
 
 
-def machine_ids_key(lab_dir: Path) -> str:
+def machine_ids_fingerprint(lab_dir: Path) -> str:
     """A hash of ``.vagrant/machines/*/*/id`` (names and contents): changes when machines are (re)created."""
     h = hashlib.sha256()
-    for path in sorted((lab_dir / ".vagrant" / "machines").glob("*/*/id")):
+    for path in sorted((Path(lab_dir) / ".vagrant" / "machines").glob("*/*/id")):
         with contextlib.suppress(OSError):
             h.update(str(path.relative_to(lab_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -137,6 +162,17 @@ def created_machines(lab_dir: Path) -> list[str]:
     """Machines Vagrant has created in this lab (an ``id`` file exists), without running Vagrant."""
     names = {p.parent.parent.name for p in (lab_dir / ".vagrant" / "machines").glob("*/*/id") if p.read_bytes().strip()}
     return sorted(names)
+
+
+def vagrant_env(base: Mapping[str, str] | None = None, provider: str | None = None) -> dict[str, str]:
+    """The environment Vagrant runs with: ``base`` (default ours) without update checks and colours."""
+    env = dict(os.environ if base is None else base)
+    # Vagrant's own update checks and colours only slow down and garble machine-driven runs.
+    env.setdefault("VAGRANT_NO_COLOR", "1")
+    env.setdefault("VAGRANT_CHECKPOINT_DISABLE", "1")
+    if provider:
+        env.setdefault("VAGRANT_DEFAULT_PROVIDER", provider)
+    return env
 
 
 class VagrantLab:
@@ -156,20 +192,8 @@ class VagrantLab:
                 f"{self.lab_dir} has no Vagrantfile", hint="run `coreos-lab init` or `coreos-lab render`"
             )
         self.provider = provider
-        self.env = dict(os.environ if env is None else env)
-        # Vagrant's own update checks and colours only slow down and garble machine-driven runs.
-        self.env.setdefault("VAGRANT_NO_COLOR", "1")
-        self.env.setdefault("VAGRANT_CHECKPOINT_DISABLE", "1")
-        if provider:
-            self.env.setdefault("VAGRANT_DEFAULT_PROVIDER", provider)
+        self.env = vagrant_env(env, provider)
         self.timeout = timeout
-        self._exe: str | None = None
-
-    @property
-    def exe(self) -> str:
-        if self._exe is None:
-            self._exe = vagrant_executable()
-        return self._exe
 
     @property
     def parallel_capable(self) -> bool:
@@ -178,27 +202,15 @@ class VagrantLab:
 
     # -- queries -------------------------------------------------------------------------------------
     def status(self) -> list[MachineState]:
-        """Every machine of the Vagrantfile with its state (``running``, ``not_created``, ``shutoff``...)."""
-        self.exe  # noqa: B018 - a clear "not installed" error before python-vagrant's RuntimeError
-        client = pyvagrant.Vagrant(root=str(self.lab_dir), env=self.env, err_cm=self._stderr_sink)  # type: ignore[no-untyped-call]
-        self._stderr_buffer = b""
-        try:
-            entries = client.status()  # type: ignore[no-untyped-call]
-        except subprocess.CalledProcessError as exc:
-            raise explain_failure("status", exc.returncode, self._stderr_text()) from None
-        except RuntimeError as exc:
-            raise VagrantError(f"vagrant status failed: {exc}", hint=INSTALL_HINTS["vagrant"]) from None
-        return [MachineState(str(s.name), str(s.state or ""), str(s.provider or "")) for s in entries]
+        """Every machine of the Vagrantfile with its state (``running``, ``not_created``, ``poweroff``...)."""
+        return parse_status(self._run(["status", "--machine-readable"], timeout=QUERY_TIMEOUT))
 
-    def ssh(self, node: str, command: str, *, timeout: float = 300.0) -> str:
+    def ssh(self, node: str, command: str, *, timeout: float = QUERY_TIMEOUT) -> str:
         """Run ``command`` on ``node`` through ``vagrant ssh`` and return stdout; raise on any failure."""
-        proc = self._run(["ssh", node, "--command", command], timeout=timeout)
-        if proc.returncode != 0:
-            raise explain_failure(f"ssh {node}", proc.returncode, proc.stderr or proc.stdout)
-        return proc.stdout
+        return self._run(["ssh", node, "--command", command], what=f"ssh {node}", timeout=timeout)
 
     def ssh_config(self, nodes: Sequence[str] | None = None) -> str:
-        """``vagrant ssh-config`` for the given (default: all created) nodes, in ONE Vagrant process."""
+        """``vagrant ssh-config`` for the given (default: all created) nodes, cached (:func:`ssh_config_text`)."""
         return ssh_config_text(self.lab_dir, nodes, env=self.env)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -217,107 +229,139 @@ class VagrantLab:
         args.append("--parallel" if parallel and self.parallel_capable else "--no-parallel")
         if provision is not None:
             args.append("--provision" if provision else "--no-provision")
-        try:
-            self._stream(args, on_line)
-        finally:
-            invalidate_ssh_config(self.lab_dir)
+        self._change(args, on_line)
 
     def halt(self, nodes: Sequence[str] | None = None, *, force: bool = False, on_line: LineFn | None = None) -> None:
-        args = ["halt", *(nodes or [])] + (["--force"] if force else [])
-        try:
-            self._stream(args, on_line)
-        finally:
-            invalidate_ssh_config(self.lab_dir)
+        self._change(["halt", *(nodes or []), *(["--force"] if force else [])], on_line)
 
     def destroy(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
         # Never --parallel: vagrant-libvirt's parallel destroys race to remove the networks they share
         # ("Network not found"), and a serial destroy takes ~1 s per machine anyway.
-        args = ["destroy", "--force", *(nodes or [])]
-        try:
-            self._stream(args, on_line)
-        finally:
-            invalidate_ssh_config(self.lab_dir)
+        self._change(["destroy", "--force", *(nodes or [])], on_line)
 
     def reload(
         self, nodes: Sequence[str] | None = None, *, provision: bool = False, on_line: LineFn | None = None
     ) -> None:
-        args = ["reload", *(nodes or [])] + (["--provision"] if provision else [])
-        try:
-            self._stream(args, on_line)
-        finally:
-            invalidate_ssh_config(self.lab_dir)
+        self._change(["reload", *(nodes or []), *(["--provision"] if provision else [])], on_line)
 
     def provision(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
         """Re-run the provisioners: copies each node's cloud-config again and applies it (the rendered provisioner)."""
-        self._stream(["provision", *(nodes or [])], on_line)
+        self._run(["provision", *(nodes or [])], on_line=on_line)
 
     # -- plumbing ------------------------------------------------------------------------------------
-    _stderr_buffer: bytes = b""
-
-    @contextlib.contextmanager
-    def _stderr_sink(self):  # type: ignore[no-untyped-def]
-        """python-vagrant's err_cm: capture stderr in a temp file so failures can quote it."""
-        import tempfile
-
-        with tempfile.TemporaryFile() as fh:
-            try:
-                yield fh
-            finally:
-                fh.seek(0)
-                self._stderr_buffer = fh.read()
-
-    def _stderr_text(self) -> str:
-        return self._stderr_buffer.decode("utf-8", "replace")
-
-    def _run(self, args: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _change(self, args: list[str], on_line: LineFn | None) -> None:
+        """A command that changes machines: afterwards (even a failed or interrupted one) ssh-config is re-read."""
         try:
-            return subprocess.run(
-                [self.exe, *args],
-                cwd=self.lab_dir,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise VagrantError(f"vagrant {args[0]} did not finish within {timeout:g}s") from None
+            self._run(args, on_line=on_line)
+        finally:
+            invalidate(self.lab_dir)
 
-    @staticmethod
-    def _interrupt(proc: subprocess.Popen[str], emit: LineFn, lock: threading.Lock) -> None:
-        """Ctrl-C: let Vagrant stop gracefully (one SIGINT, bounded wait); a second Ctrl-C kills it.
-
-        Killing Vagrant outright mid-``up`` can leave a half-defined domain, a held machine lock and
-        stale ``.vagrant/`` state; after its own SIGINT handling the next ``up`` or ``destroy`` works.
-        Its clean-up lines keep flowing to ``emit`` (the pipe must be drained or Vagrant blocks on it).
-        """
-
-        def drain() -> None:
-            assert proc.stdout is not None  # noqa: S101 - a PIPE
-            with contextlib.suppress(OSError, ValueError):
-                for line in proc.stdout:
-                    with lock:
-                        emit(line.rstrip("\n"))
-
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-        drainer = threading.Thread(target=drain, daemon=True)
-        drainer.start()
-        try:
-            proc.wait(timeout=INTERRUPT_GRACE)
-        except (KeyboardInterrupt, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        drainer.join(timeout=5)
-
-    def _stream(self, args: Sequence[str], on_line: LineFn | None) -> None:
-        """Run Vagrant, hand every stdout and stderr line to ``on_line``, raise with stderr on failure."""
-        emit = on_line or (lambda _line: None)
-        err_lines: list[str] = []
-        proc = subprocess.Popen(
-            [self.exe, *args],
+    def _run(
+        self,
+        args: Sequence[str],
+        *,
+        what: str | None = None,
+        timeout: float | None = None,
+        on_line: LineFn | None = None,
+    ) -> str:
+        return _run(
+            args,
+            what=what or args[0],
             cwd=self.lab_dir,
             env=self.env,
+            timeout=self.timeout if timeout is None else timeout,
+            on_line=on_line,
+        )
+
+
+# -- the lab's ssh-config cache ------------------------------------------------------------------------
+def _cache_path(lab_dir: Path) -> Path:
+    return lab_dir / STATE_DIR / SSH_CONFIG_CACHE
+
+
+def _cached(lab_dir: Path, fingerprint: str) -> dict[str, str]:
+    """The cached configs by request, if they were written for these machine ids (else none)."""
+    try:
+        data = json.loads(_cache_path(lab_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    configs = data.get("configs") if isinstance(data, dict) and data.get("machine_ids") == fingerprint else None
+    if not isinstance(configs, dict):
+        return {}
+    return {k: v for k, v in configs.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
+
+
+def invalidate(lab_dir: Path | str) -> None:
+    """Forget the lab's cached ssh-config (up / reload / halt / destroy do it themselves)."""
+    state = Path(lab_dir) / STATE_DIR
+    for name in (SSH_CONFIG_CACHE, *_OLD_CACHES):
+        with contextlib.suppress(FileNotFoundError):
+            (state / name).unlink()
+
+
+def ssh_config_text(lab_dir: Path, nodes: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> str:
+    """``vagrant ssh-config`` of the lab's nodes (default: every created machine), from ONE Vagrant process.
+
+    Cached in ``<lab>/.coreos-lab/ssh-config.json`` until an up / reload / halt / destroy, or until the
+    machine ids under ``.vagrant/machines`` change. A machine that is created but not running makes Vagrant
+    fail the whole call: then the running ones are asked for instead (one ``status`` plus one
+    ``ssh-config``). Raises VagrantError (with Vagrant's stderr) when nothing can be had.
+    """
+    lab = Path(lab_dir).resolve()
+    request = " ".join(nodes) if nodes else _EVERY_MACHINE
+    fingerprint = machine_ids_fingerprint(lab)
+    configs = _cached(lab, fingerprint)
+    if request in configs:
+        return configs[request]
+    wanted = list(nodes) if nodes else created_machines(lab)
+    if not wanted:
+        raise VagrantError(f"no machine of {lab} has been created yet", hint="run `coreos-lab up`")
+    vm = VagrantLab(lab, env=env)
+    try:
+        text = vm._run(["ssh-config", *wanted], timeout=QUERY_TIMEOUT)
+    except VagrantError:
+        if nodes:
+            raise
+        running = [m.name for m in vm.status() if m.running]
+        if not running:
+            raise VagrantError(f"no machine of {lab} is running", hint="run `coreos-lab up`") from None
+        text = vm._run(["ssh-config", *running], timeout=QUERY_TIMEOUT)
+    if not text.strip():
+        raise explain_failure("ssh-config", 0, "empty output")
+    configs[request] = text
+    (lab / STATE_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write(_cache_path(lab), json.dumps({"machine_ids": fingerprint, "configs": configs}), mode=0o600)
+    return text
+
+
+def box_add(name: str, path: Path, *, force: bool = False, on_line: LineFn | None = None) -> None:
+    """``vagrant box add --name NAME PATH`` (``--force`` replaces a box of that name)."""
+    args = ["box", "add", "--name", name, *(["--force"] if force else []), str(path)]
+    _run(args, what="box add", cwd=None, env=vagrant_env(), timeout=BOX_ADD_TIMEOUT, on_line=on_line)
+
+
+# -- the one way a Vagrant process runs ----------------------------------------------------------------
+def _run(
+    args: Sequence[str],
+    *,
+    what: str,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    timeout: float,
+    on_line: LineFn | None = None,
+) -> str:
+    """Run ``vagrant ARGS``; hand every stdout and stderr line to ``on_line``; return stdout.
+
+    Raises VagrantError quoting stderr on a non-zero exit, and when ``timeout`` seconds pass (Vagrant is
+    then killed). On Ctrl-C see :func:`_interrupt`; the KeyboardInterrupt is raised again afterwards.
+    """
+    emit: LineFn = on_line or (lambda _line: None)
+    exe = vagrant_executable(env.get("PATH"))
+    try:
+        proc = subprocess.Popen(
+            [exe, *args],
+            cwd=cwd,
+            env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -328,101 +372,73 @@ class VagrantLab:
             # SIGINT (its graceful stop). A second SIGINT makes Vagrant exit at once, skipping its clean-up.
             start_new_session=True,
         )
+    except OSError as exc:
+        raise VagrantError(f"cannot run {exe}: {exc.strerror or exc}", hint=INSTALL_HINTS["vagrant"]) from None
+    assert proc.stdout is not None  # noqa: S101 - a PIPE
+    assert proc.stderr is not None  # noqa: S101 - a PIPE
+    lock = threading.Lock()
+    out: list[str] = []
+    err: list[str] = []
+
+    def pump(stream: IO[str], into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+            with lock:
+                emit(line.rstrip("\n"))
+
+    reader = threading.Thread(target=pump, args=(proc.stderr, err), daemon=True)
+    reader.start()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        pump(proc.stdout, out)
+        code = proc.wait()
+    except KeyboardInterrupt:
+        _interrupt(proc, emit, lock)
+        raise
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+        reader.join(timeout=5)
+    if expired.is_set():
+        raise VagrantError(f"vagrant {what} did not finish within {timeout:g}s")
+    if code != 0:
+        raise explain_failure(what, code, "".join(err) or "".join(out))
+    return "".join(out)
+
+
+def _interrupt(proc: subprocess.Popen[str], emit: LineFn, lock: threading.Lock) -> None:
+    """Ctrl-C: let Vagrant stop gracefully (one SIGINT, bounded wait); a second Ctrl-C kills it.
+
+    Killing Vagrant outright mid-``up`` can leave a half-defined domain, a held machine lock and
+    stale ``.vagrant/`` state; after its own SIGINT handling the next ``up`` or ``destroy`` works.
+    Its clean-up lines keep flowing to ``emit`` (the pipe must be drained or Vagrant blocks on it).
+    """
+
+    def drain() -> None:
         assert proc.stdout is not None  # noqa: S101 - a PIPE
-        assert proc.stderr is not None  # noqa: S101 - a PIPE
-        lock = threading.Lock()
-
-        def pump_stderr() -> None:
-            assert proc.stderr is not None  # noqa: S101
-            for line in proc.stderr:
-                err_lines.append(line)
-                with lock:
-                    emit(line.rstrip("\n"))
-
-        reader = threading.Thread(target=pump_stderr, daemon=True)
-        reader.start()
-        timer = threading.Timer(self.timeout, proc.kill)
-        timer.start()
-        try:
+        with contextlib.suppress(OSError, ValueError):
             for line in proc.stdout:
                 with lock:
                     emit(line.rstrip("\n"))
-            code = proc.wait()
-        except KeyboardInterrupt:
-            self._interrupt(proc, emit, lock)
-            raise
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-            reader.join(timeout=5)
-        if code != 0:
-            if code < 0:
-                raise VagrantError(f"vagrant {args[0]} was killed after {self.timeout:g}s")
-            raise explain_failure(args[0], code, "".join(err_lines))
 
-
-def _cache_paths(lab_dir: Path) -> tuple[Path, Path]:
-    state = lab_dir / STATE_DIR
-    return state / SSH_CONFIG_FILE, state / SSH_CONFIG_KEY_FILE
-
-
-def invalidate_ssh_config(lab_dir: Path) -> None:
-    """Forget the cached ``vagrant ssh-config`` of the lab (after up / reload / halt / destroy)."""
-    for path in _cache_paths(Path(lab_dir)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def ssh_config_text(lab_dir: Path, nodes: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> str:
-    """``vagrant ssh-config`` of the lab's nodes (default: every created machine), from ONE Vagrant process.
-
-    Cached in ``<lab>/.coreos-lab/ssh-config`` until an up / reload / halt / destroy, or until the machine
-    ids under ``.vagrant/machines`` change. A machine that is created but not running makes Vagrant fail
-    the whole call: then the running ones are asked for instead (one ``status`` plus one ``ssh-config``).
-    Raises VagrantError (with Vagrant's stderr) when nothing can be had.
-    """
-    lab = Path(lab_dir).resolve()
-    wanted = list(nodes) if nodes else created_machines(lab)
-    if not wanted:
-        raise VagrantError(f"no machine of {lab} has been created yet", hint="run `coreos-lab up`")
-    cache, key_file = _cache_paths(lab)
-    key = json.dumps({"ids": machine_ids_key(lab), "nodes": wanted})
-    with contextlib.suppress(OSError):
-        if key_file.read_text(encoding="utf-8") == key and cache.read_text(encoding="utf-8").strip():
-            return cache.read_text(encoding="utf-8")
-    runner = VagrantLab(lab, env=env)
-    proc = runner._run(["ssh-config", *wanted], timeout=300.0)
-    text = proc.stdout
-    if proc.returncode != 0 and not nodes:
-        running = [m.name for m in runner.status() if m.running]
-        if not running:
-            raise VagrantError(f"no machine of {lab} is running", hint="run `coreos-lab up`")
-        wanted = running
-        key = json.dumps({"ids": machine_ids_key(lab), "nodes": wanted})
-        proc = runner._run(["ssh-config", *wanted], timeout=300.0)
-        text = proc.stdout
-    if proc.returncode != 0 or not text.strip():
-        raise explain_failure("ssh-config", proc.returncode, proc.stderr or "empty output")
-    cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write(cache, text, mode=0o600)
-    atomic_write(key_file, key, mode=0o600)
-    return text
-
-
-def box_add(name: str, path: Path, *, force: bool = False, on_line: LineFn | None = None) -> None:
-    """``vagrant box add --name NAME PATH`` (``--force`` replaces a box of that name)."""
-    exe = vagrant_executable()
-    argv = [exe, "box", "add", "--name", name, *(["--force"] if force else []), str(path)]
-    env = dict(os.environ, VAGRANT_NO_COLOR="1", VAGRANT_CHECKPOINT_DISABLE="1")
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False)
-    except subprocess.TimeoutExpired:
-        raise VagrantError("vagrant box add did not finish within 30 minutes") from None
-    if on_line:
-        for line in proc.stdout.splitlines():
-            on_line(line)
-    if proc.returncode != 0:
-        raise explain_failure("box add", proc.returncode, proc.stderr or proc.stdout)
+        proc.wait(timeout=INTERRUPT_GRACE)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    drainer.join(timeout=5)

@@ -1,41 +1,178 @@
-"""The typer application, global options and the single place that turns errors into exit codes."""
+"""The typer application: its commands (loaded when used), global options, and the one place that turns
+errors into a line and an exit code."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Final
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from coreos_lab import __version__, secrets
+from coreos_lab import __version__
+from coreos_lab.cli._common import Problems
 from coreos_lab.errors import CoreosLabError
 
-log = logging.getLogger("coreos_lab")
+EXIT_INTERRUPTED = 130
+
+# Every command: its module under coreos_lab.cli (whose ``register`` adds it) and the first paragraph of its
+# help. ``coreos-lab --help`` lists these without importing a command module; a command's module is loaded
+# (and turned into click's objects) when it runs or shows its own help. Order = help order (commands, then
+# groups, as typer lists them). tests/unit/test_cli_app.py checks these against the modules.
+COMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "init": ("lab", "Create a lab: coreos-lab.toml, Vagrantfile, config.rb and cloud-config/<node>.yaml."),
+    "render": (
+        "lab",
+        "Re-render Vagrantfile, config.rb and cloud-config/ from coreos-lab.toml (never fetches a new token).",
+    ),
+    "up": ("vm", "Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy."),
+    "halt": ("vm", "Shut the lab's nodes down (they keep their disks)."),
+    "destroy": ("vm", "Delete the lab's VMs and their disks (the lab directory stays; `up` recreates them)."),
+    "reload": ("vm", "Reboot the lab's nodes (re-reading the Vagrantfile)."),
+    "provision": (
+        "vm",
+        "Copy each node's cloud-config again and apply it now (on Flatcar a replaced file waits for a reboot).",
+    ),
+    "ssh": ("nodes", "Open an interactive shell on NODE (real ssh), or run a command there and exit with its code."),
+    "exec": ("nodes", "Run a command on every node (or --node ones) in parallel; output lines are prefixed by node."),
+    "ssh-config": (
+        "nodes",
+        "Print an OpenSSH client config for the nodes (for ssh -F, testinfra, Ansible, fleetctl --tunnel).",
+    ),
+    "inventory": ("nodes", "Print the nodes as an Ansible INI inventory or as JSON."),
+    "units": ("systemd_cmds", "systemd units across the nodes as one table (a node that fails is reported; exit 1)."),
+    "logs": ("systemd_cmds", "The unit's journal on one node (journalctl -u, short-iso timestamps)."),
+    "deploy": (
+        "units",
+        "Place, record (etcd) and start units on the cluster, honouring [X-Fleet]; waits until active or failed.",
+    ),
+    "undeploy": (
+        "units",
+        "Stop units, remove them from every node and delete their records (fleetctl destroy). Idempotent.",
+    ),
+    "list-units": (
+        "units",
+        "Deployed units where they run: UNIT MACHINE ACTIVE SUB (desired state from etcd, live state from systemd).",
+    ),
+    "list-unit-files": ("units", "Deployed unit files: UNIT HASH DSTATE STATE TARGET."),
+    "list-machines": ("units", "The nodes: MACHINE IP METADATA (exit 1 when a node cannot be reached)."),
+    "journal": ("units", "The unit's journal from the node it runs on (fleetctl journal)."),
+    "reconcile": (
+        "units",
+        "Reschedule units off gone/unhealthy nodes and stop units running where they should not. Idempotent.",
+    ),
+    "status": (
+        "status",
+        "Is my cluster OK? Nodes (Vagrant, SSH, etcd member, leader), etcd quorum, units desired vs actual.",
+    ),
+    "doctor": ("status", "Check this host for running a lab: vagrant, provider plugin, network range, libvirt, RAM."),
+    "box": ("vm", "The offline lab box (Debian + etcd, CoreOS-compatible) for libvirt."),
+    "etcd": ("etcd_cmds", "Ask the cluster's etcd: health, members, keys (through each node's SSH connection)."),
+    "unit": ("units", "Start, stop, show or inspect one deployed unit."),
+}
 
 
 class _Interrupted(Exception):
-    """Ctrl-C inside a command, carried past typer (which would turn a KeyboardInterrupt into a silent 130)."""
+    """Ctrl-C inside a command, carried past typer (which would turn a KeyboardInterrupt into a silent 130).
+
+    Its text is the interrupt's own when it says where it stopped (``deploy``'s ``DeployInterrupted``, or a
+    command's ``KeyboardInterrupt("interrupted while ...")``), else ``interrupted``.
+    """
+
+
+def _register(module: str, app: typer.Typer) -> None:
+    """Import one command module (an import statement each: the arrows stay visible) and let it register."""
+    match module:
+        case "lab":
+            from coreos_lab.cli import lab
+
+            lab.register(app)
+        case "vm":
+            from coreos_lab.cli import vm
+
+            vm.register(app)
+        case "nodes":
+            from coreos_lab.cli import nodes
+
+            nodes.register(app)
+        case "etcd_cmds":
+            from coreos_lab.cli import etcd_cmds
+
+            etcd_cmds.register(app)
+        case "systemd_cmds":
+            from coreos_lab.cli import systemd_cmds
+
+            systemd_cmds.register(app)
+        case "units":
+            from coreos_lab.cli import units
+
+            units.register(app)
+        case "status":
+            from coreos_lab.cli import status
+
+            status.register(app)
+        case _:
+            raise ValueError(f"no command module {module!r}")
+
+
+def load_commands(module: str) -> dict[str, click.Command]:
+    """The click commands that ``coreos_lab.cli.<module>`` registers, as typer builds them."""
+    sub = typer.Typer(add_completion=False)
+    _register(module, sub)
+    built = typer.main.get_command(sub)
+    if isinstance(built, click.Group):
+        return dict(built.commands)
+    return {built.name or "": built}
 
 
 class LabGroup(TyperGroup):
-    """Runs the command; maps CoreosLabError, usage errors and Ctrl-C to one line + exit code."""
+    """Loads commands on demand; maps CoreosLabError, usage errors and Ctrl-C to one line + exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self._load(COMMANDS[cmd_name][0])
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in COMMANDS:  # a typo: click suggests names from the commands it has, so all
+            for module in dict.fromkeys(module for module, _ in COMMANDS.values()):
+                self._load(module)
+        return super().resolve_command(ctx, args)
+
+    def _load(self, module: str) -> None:
+        for name, command in load_commands(module).items():
+            self.commands.setdefault(name, command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's listing, from stand-ins that carry only the help's first paragraph (shortened by click's
+        # own rule): listing the commands loads none of them.
+        listed = {name: click.Command(name, help=text) for name, (_, text) in COMMANDS.items()}
+        listed.update((name, cmd) for name, cmd in self.commands.items() if name not in COMMANDS)
+        shown = [(name, cmd) for name, cmd in listed.items() if not cmd.hidden]
+        if shown:
+            limit = formatter.width - 6 - max(len(name) for name, _ in shown)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in shown])
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
-            raise _Interrupted from None
+            raise _Interrupted("interrupted") from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise _Interrupted from None
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(str(exc) or "interrupted") from None
 
     def main(  # type: ignore[override]
         self,
@@ -48,8 +185,10 @@ class LabGroup(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except CoreosLabError as exc:
-            log.debug("error", exc_info=True)
-            _fail(f"error: {exc}", exc.exit_code)
+            import logging
+
+            logging.getLogger("coreos_lab").debug("error", exc_info=True)
+            _fail("\n".join(exc.lines()) if isinstance(exc, Problems) else f"error: {exc}", exc.exit_code)
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
             sys.exit(2)
@@ -57,8 +196,10 @@ class LabGroup(TyperGroup):
             _fail(f"error: {' '.join(exc.format_message().split())}", 2)
         except click.ClickException as exc:
             _fail(f"error: {' '.join(exc.format_message().split())}", exc.exit_code or 1)
-        except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
-            _fail("error: interrupted", 130)
+        except _Interrupted as exc:
+            _fail(f"error: {exc}", EXIT_INTERRUPTED)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            _fail("error: interrupted", EXIT_INTERRUPTED)
         except BrokenPipeError:
             sys.exit(0)
         if not standalone_mode:
@@ -67,7 +208,9 @@ class LabGroup(TyperGroup):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(secrets.mask_text(message), err=True)  # an error may quote a discovery URL
+    from coreos_lab.redact import mask_text
+
+    click.echo(mask_text(message), err=True)  # an error may quote a discovery URL
     sys.exit(code)
 
 
@@ -101,11 +244,15 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
+    import logging
+
+    from coreos_lab.redact import install_log_masking
+
     if debug or os.environ.get("COREOS_LAB_DEBUG"):
         logging.basicConfig(level=logging.DEBUG, format="debug: %(name)s: %(message)s", stream=sys.stderr)
     else:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    secrets.install_log_masking()  # discovery tokens and private keys never reach a log line in full
+    install_log_masking()  # discovery tokens and private keys never reach a log line in full
 
 
 def main() -> None:
@@ -113,7 +260,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        _fail("error: interrupted", 130)
+        _fail("error: interrupted", EXIT_INTERRUPTED)
     finally:
         # On the way out (the outcome is decided): a late Ctrl-C must not turn it into a traceback from
         # the interpreter's shutdown, or a finished run into "killed by SIGINT".

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from coreos_lab import config as config_mod
-from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, lab_dir
+from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, Problems, emit_json, lab_dir, report_problem
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import UsageError
 from coreos_lab.pickup import LEGACY_USER_DATA_DIR, pickup_problems
-from coreos_lab.secrets import mask_token
+from coreos_lab.redact import mask_token
 
 if TYPE_CHECKING:  # render (jinja2, cryptography) and discovery (requests) load only when a command runs
     from coreos_lab.render import WriteResult
 
 
-def parse_metadata(items: list[str]) -> dict[str, dict[str, str]]:
+def parse_metadata_options(items: list[str]) -> dict[str, dict[str, str]]:
     """``["core-01=role=web", ...]`` -> ``{"core-01": {"role": "web"}}`` (values are checked by the config)."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
@@ -46,7 +46,7 @@ def _bootstrap(bootstrap: str | None, discovery_url: str | None, endpoint: str |
 
 def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        report_problem(warning, label="warning")
     cfg = result.config
     if as_json:
         data: dict[str, Any] = {
@@ -117,7 +117,7 @@ def _rel(path: Path, base: Path) -> str:
 
 def init(
     directory: Path = typer.Argument(Path(), help="Lab directory to create (default: the current one)."),  # noqa: B008
-    instances: int = typer.Option(3, "--instances", "-n", help="Number of nodes, 1..32."),
+    instances: int = typer.Option(3, "--instances", help="Number of nodes, 1..32."),
     channel: str = typer.Option("stable", "--channel", help="Release channel: stable, beta, alpha, lts."),
     os_name: str = typer.Option("flatcar", "--os", help="flatcar, or coreos (legacy dialect; boxes gone)."),
     provider: str = typer.Option("virtualbox", "--provider", help="virtualbox or libvirt."),
@@ -174,7 +174,7 @@ def init(
         discovery_url=discovery_url,
         # Unique per lab, so two static labs on one network cannot join each other's cluster.
         cluster_token=f"coreos-lab-{secrets.token_hex(4)}",
-        metadata=parse_metadata(metadata),
+        metadata=parse_metadata_options(metadata),
         tls=use_tls,
     )
     from coreos_lab import discovery
@@ -206,15 +206,11 @@ def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
 
 
 def refuse_unexpected_pickups(path: Path, cfg: LabConfig) -> None:
-    """Before ``up`` boots anything: one ``error:`` line per file Flatcar's box would pick up unexpectedly, a hint,
-    exit 2 (:func:`coreos_lab.pickup.pickup_problems`)."""
+    """Before ``up`` boots anything: :class:`Problems` (one ``error:`` line per file Flatcar's box would pick up
+    unexpectedly, a hint, exit 2) unless :func:`coreos_lab.pickup.pickup_problems` finds none."""
     problems = pickup_problems(path, cfg)
-    if not problems:
-        return
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
-    typer.echo("hint: run 'coreos-lab render' first (it merges and checks them), then 'coreos-lab up'", err=True)
-    raise typer.Exit(2)
+    if problems:
+        raise Problems(problems, hint="run 'coreos-lab render' first (it merges and checks them), then 'coreos-lab up'")
 
 
 def register(app: typer.Typer) -> None:

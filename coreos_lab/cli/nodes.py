@@ -1,8 +1,4 @@
-"""CLI commands that reach nodes over SSH: ``ssh``, ``exec``, ``ssh-config``, ``inventory``.
-
-The node options defined here (``--inventory``, ``--node``, ``--no-persist``, ``--accept-new``) and
-``open_nodes`` are shared by every node-targeting command (status, units, logs, etcd).
-"""
+"""CLI commands that reach nodes over SSH: ``ssh``, ``exec``, ``ssh-config``, ``inventory``."""
 
 from __future__ import annotations
 
@@ -15,42 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json
+from coreos_lab.cli._common import (
+    ACCEPT_NEW_OPTION,
+    INVENTORY_OPTION,
+    JSON_OPTION,
+    LAB_OPTION,
+    NO_PERSIST_OPTION,
+    NODE_TIMEOUT_OPTION,
+    NODES_OPTION,
+    emit_json,
+    open_nodes,
+    report_problem,
+)
 from coreos_lab.errors import CoreosLabError, UsageError
 
 if TYPE_CHECKING:  # the cluster (and paramiko behind it) is imported only when a command runs
     from coreos_lab.cluster import Cluster
 
-INVENTORY_OPTION = typer.Option(
-    None,
-    "--inventory",
-    "-i",
-    help="OpenSSH client config naming the nodes (Host blocks), instead of the lab's Vagrant machines.",
-)
-NODE_OPTION = typer.Option(None, "--node", "-n", help="Only this node (repeatable). Default: every node.")
-NO_PERSIST_OPTION = typer.Option(
-    False,
-    "--no-persist",
-    help="Connect from this process only; do not start or use the background connection holder "
-    "(also: COREOS_LAB_NO_PERSIST=1).",
-)
-ACCEPT_NEW_OPTION = typer.Option(
-    False, "--accept-new", help="Record unknown host keys in known_hosts (changed keys are still refused)."
-)
-TIMEOUT_OPTION = typer.Option(60.0, "--timeout", "-t", help="Seconds each node may take.", min=0.1)
 _PASSTHROUGH = {"allow_interspersed_args": False}  # options go before the command; the rest is the command
 EXEC_COMMAND_ARG = typer.Argument(None, help="The command, run by each node's shell (put it after --).")
 NODE_ARG = typer.Argument(..., help="Node name.")
 SSH_COMMAND_ARG = typer.Argument(None, help="Command to run (after --); none = interactive ssh.")
-
-
-def open_nodes(
-    lab: Path | None, inventory: Path | None, *, no_persist: bool = False, accept_new: bool = False
-) -> Cluster:
-    """The Cluster a node-targeting command works on: ``--inventory`` if given, else the lab's machines."""
-    from coreos_lab.cluster import open_cluster
-
-    return open_cluster(lab=lab, inventory=inventory, accept_new=accept_new, persist=not no_persist)
 
 
 def _command_line(words: list[str]) -> str:
@@ -94,8 +75,8 @@ def _prefixed(name: str, text: str, width: int) -> str:
 
 def exec_cmd(
     command: list[str] = EXEC_COMMAND_ARG,
-    node: list[str] = NODE_OPTION,
-    timeout: float = TIMEOUT_OPTION,
+    node: list[str] = NODES_OPTION,
+    timeout: float = NODE_TIMEOUT_OPTION,
     sudo: bool = typer.Option(False, "--sudo", help="Run as root (sudo -n on the node)."),
     as_json: bool = JSON_OPTION,
     lab: Path | None = LAB_OPTION,
@@ -125,8 +106,7 @@ def exec_cmd(
             if rec["stderr"]:
                 sys.stderr.write(_prefixed(rec["node"], rec["stderr"], width))
             if rec["error"]:
-                reason = rec["error"].removeprefix(f"{rec['node']}: ")
-                typer.echo(f"{rec['node'].ljust(width)} | error: {reason}", err=True)
+                report_problem(rec["error"].removeprefix(f"{rec['node']}: "), prefix=f"{rec['node'].ljust(width)} | ")
             elif rec["exit_code"]:
                 typer.echo(f"{rec['node'].ljust(width)} | exit {rec['exit_code']}", err=True)
         sys.stdout.flush()
@@ -137,7 +117,7 @@ def exec_cmd(
 def ssh_cmd(
     node: str = NODE_ARG,
     command: list[str] = SSH_COMMAND_ARG,
-    timeout: float = TIMEOUT_OPTION,
+    timeout: float = NODE_TIMEOUT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -175,8 +155,11 @@ def _exec_interactive(cluster: Cluster, node: str, lab: Path | None, inventory: 
     else:
         from coreos_lab.cli._common import lab_dir
         from coreos_lab.fsutil import atomic_write
+        from coreos_lab.vagrant import STATE_DIR
 
-        state = lab_dir(lab) / ".coreos-lab"
+        # Not a cache (coreos-lab never reads it back): the file ssh -F needs, written from the nodes just
+        # resolved (themselves from the lab's one ssh-config cache), so it is current whenever ssh starts.
+        state = lab_dir(lab) / STATE_DIR
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = state / "ssh_config"
         atomic_write(config, cluster.ssh_config(), mode=0o600)
@@ -190,7 +173,7 @@ def _exec_interactive(cluster: Cluster, node: str, lab: Path | None, inventory: 
 
 
 def ssh_config_cmd(
-    node: list[str] = NODE_OPTION,
+    node: list[str] = NODES_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
 ) -> None:
@@ -207,9 +190,9 @@ def _ini_value(value: str) -> str:
 
 
 def inventory_cmd(
-    fmt: str = typer.Option("ansible", "--format", "-f", help="ansible (INI inventory) or json."),
+    fmt: str = typer.Option("ansible", "--format", help="ansible (INI inventory) or json."),
     group: str = typer.Option("coreos", "--group", help="Ansible group name for the nodes."),
-    node: list[str] = NODE_OPTION,
+    node: list[str] = NODES_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
 ) -> None:

@@ -6,10 +6,20 @@ from pathlib import Path
 
 import typer
 
-from coreos_lab import config as labconfig
-from coreos_lab import doctor as doctor_mod
-from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table
-from coreos_lab.cli.nodes import ACCEPT_NEW_OPTION, INVENTORY_OPTION, NO_PERSIST_OPTION
+from coreos_lab.cli._common import (
+    ACCEPT_NEW_OPTION,
+    ETCD_PORT_OPTION,
+    INVENTORY_OPTION,
+    JSON_OPTION,
+    LAB_OPTION,
+    NO_PERSIST_OPTION,
+    emit_json,
+    emit_table,
+    lab_dir,
+    lab_specs,
+    open_nodes,
+    report_problem,
+)
 from coreos_lab.errors import ConfigError
 
 
@@ -21,9 +31,12 @@ def doctor(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Check this host for running a lab: vagrant, provider plugin, network range, libvirt, RAM."""
+    from coreos_lab import config as labconfig
+    from coreos_lab import doctor as doctor_mod
+
     lab_path: Path | None = None
     try:
-        lab_path = lab if lab is not None else labconfig.find_lab_dir()
+        lab_path = lab_dir(lab)
         cfg = labconfig.load(lab_path)
     except ConfigError:
         if lab is not None:
@@ -59,31 +72,20 @@ def status(
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
-    port: int = typer.Option(2379, "--port", help="etcd's client port on the nodes (reached via 127.0.0.1 there)."),
+    port: int = ETCD_PORT_OPTION,
 ) -> None:
     """Is my cluster OK? Nodes (Vagrant, SSH, etcd member, leader), etcd quorum, units desired vs actual.
 
     Exit code is a bitmask: 0 all good, 1 a node down/unreachable, 2 etcd has no quorum,
     4 a unit not in its desired state.
     """
-    from coreos_lab.cli.nodes import open_nodes
-    from coreos_lab.cli.units import lab_specs
-    from coreos_lab.mux import remote_status
+    from coreos_lab.health import report as status_report
 
-    lab_dir: Path | None = None
-    if inventory is None:
-        lab_dir = lab if lab is not None else labconfig.find_lab_dir()
+    lab_path = None if inventory is not None else lab_dir(lab)
     specs = lab_specs(lab, inventory)
     cluster = open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new)
     try:
-        # With persistent connections the mux computes it, next to its open connections; else (or if that
-        # mux cannot) right here.
-        first = cluster.runner(cluster.names[0]) if cluster.names else None
-        report = remote_status(first, lab_dir=lab_dir, specs=specs, tls_dir=cluster.etcd_tls_dir, etcd_port=port)
-        if report is None:
-            from coreos_lab.health import cluster_status
-
-            report = cluster_status(cluster, lab_dir=lab_dir, specs=specs, etcd_port=port).to_json()
+        report = status_report(cluster, lab_dir=lab_path, specs=specs, etcd_port=port)
     finally:
         cluster.close()
     code = int(report["exit_code"])
@@ -122,7 +124,7 @@ def status(
                 ],
             )
         for line in report["problems"]:
-            typer.echo(f"problem: {line}", err=True)
+            report_problem(line, label="problem")
         typer.echo("cluster OK" if code == 0 else f"cluster NOT OK (exit {code})")
     if code:
         raise typer.Exit(code)

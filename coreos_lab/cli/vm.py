@@ -9,32 +9,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import typer
 
-from coreos_lab import config as labconfig
-from coreos_lab import nodeshell
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
-from coreos_lab.errors import CoreosLabError, VagrantError
+from coreos_lab.errors import VagrantError
 
 if TYPE_CHECKING:
+    from coreos_lab import config as labconfig
     from coreos_lab.cluster import Cluster
-
-ETCDCTL: Final = "etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s --dial-timeout=3s"
-
-
-# A TLS lab: https plus the client certificate; its key on the node is root's (0600), hence sudo
-# (-n: never wait for a password prompt, a node that wants one fails the probe instead of hanging).
-def etcdctl_tls() -> str:
-    from coreos_lab.tls import NODE_ETCDCTL_FLAGS  # cryptography loads only for TLS labs, not at CLI start-up
-
-    endpoint = "--endpoints=https://127.0.0.1:2379"
-    return f"sudo -n etcdctl {endpoint} {NODE_ETCDCTL_FLAGS} --command-timeout=5s --dial-timeout=3s"
-
 
 # Vagrant's messages -> the phase shown per node. First match wins; order follows a boot.
 PHASES: Final = (
@@ -70,132 +57,6 @@ def phase_of(message: str) -> str | None:
         if needle in message:
             return phase
     return None
-
-
-# -- node probe (one SSH command per node per round) --------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class NodeHealth:
-    """What one probe saw on a node."""
-
-    name: str
-    reachable: bool
-    hostname: str = ""
-    ips: tuple[str, ...] = ()
-    unit_state: str = ""
-    healthy: bool = False
-    members: tuple[tuple[str, str], ...] = ()  # (member name, status) from `etcdctl member list`
-    error: str = ""
-
-    @property
-    def started_members(self) -> int:
-        return sum(1 for _, status in self.members if status == "started")
-
-
-def probe_command(unit: str, *, tls: bool = False) -> str:
-    """The shell line run on each node: hostname, addresses, unit state, etcd health and members.
-
-    With ``tls`` etcdctl speaks https with the node's copy of the lab's client certificate.
-    """
-    etcdctl = etcdctl_tls() if tls else ETCDCTL
-    return (
-        "printf 'hostname=%s\\n' \"$(hostname)\"; "
-        f"printf 'ips=%s\\n' \"$({nodeshell.ADDRESSES})\"; "
-        f"printf 'active=%s\\n' \"$(systemctl is-active {unit} 2>/dev/null)\"; "
-        f"if {etcdctl} endpoint health >/dev/null 2>&1; then echo health=ok; else echo health=bad; fi; "
-        f"{etcdctl} member list 2>/dev/null | sed 's/^/member=/'; true"
-    )
-
-
-def parse_probe(name: str, stdout: str) -> NodeHealth:
-    """Parse :func:`probe_command`'s output.
-
-    >>> h = parse_probe("core-01", "hostname=core-01\\nips=10.0.2.15 192.168.56.101\\nactive=active\\n"
-    ...     "health=ok\\nmember=8e9e05c52164694d, started, core-01, http://x:2380, http://x:2379, false\\n")
-    >>> (h.hostname, h.ips, h.unit_state, h.healthy, h.started_members)
-    ('core-01', ('10.0.2.15', '192.168.56.101'), 'active', True, 1)
-    """
-    values: dict[str, str] = {}
-    members: list[tuple[str, str]] = []
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        if key == "member":
-            fields = [f.strip() for f in value.split(",")]
-            if len(fields) >= 3:
-                members.append((fields[2], fields[1]))
-        else:
-            values[key] = value.strip()
-    return NodeHealth(
-        name=name,
-        reachable=True,
-        hostname=values.get("hostname", ""),
-        ips=tuple(values.get("ips", "").split()),
-        unit_state=values.get("active", ""),
-        healthy=values.get("health") == "ok",
-        members=tuple(members),
-    )
-
-
-def cluster_ready(health: Mapping[str, NodeHealth], expected_members: int, *, etcd: bool = True) -> bool:
-    """Every node reachable; with ``etcd``, every unit active and healthy with the expected started members."""
-    if not health or not all(h.reachable for h in health.values()):
-        return False
-    if not etcd:
-        return True
-    return all(
-        h.unit_state == "active" and h.healthy and h.started_members == expected_members for h in health.values()
-    )
-
-
-def _probe_all(lab: Path, nodes: Sequence[str], unit: str, *, tls: bool = False) -> dict[str, NodeHealth]:
-    from coreos_lab import cluster as cluster_mod
-    from coreos_lab import vagrant
-
-    text = vagrant.ssh_config_text(lab, list(nodes))
-    with cluster_mod.Cluster.from_ssh_config(text, accept_new=True, persist=False) as cluster:
-        return probe_cluster(cluster, nodes, unit, tls=tls)
-
-
-def probe_cluster(cluster: Cluster, nodes: Sequence[str], unit: str, *, tls: bool = False) -> dict[str, NodeHealth]:
-    """Run :func:`probe_command` on ``nodes`` of ``cluster`` in parallel; every node gets a NodeHealth."""
-    result: dict[str, NodeHealth] = {}
-    outcomes = cluster.run_all(probe_command(unit, tls=tls), list(nodes), timeout=40)
-    for name, outcome in outcomes.items():
-        if isinstance(outcome, CoreosLabError):
-            result[name] = NodeHealth(name=name, reachable=False, error=str(outcome))
-        else:
-            result[name] = parse_probe(name, outcome.stdout)
-    return result
-
-
-def wait_ready(
-    lab: Path,
-    nodes: Sequence[str],
-    *,
-    unit: str,
-    expected_members: int,
-    etcd: bool,
-    timeout: float,
-    on_round: Callable[[dict[str, NodeHealth]], None] | None = None,
-    interval: float = 5.0,
-    tls: bool = False,
-) -> tuple[bool, dict[str, NodeHealth]]:
-    """Probe until ready or ``timeout`` seconds passed; return (ready, last health). ``tls``: etcd speaks https."""
-    deadline = time.monotonic() + timeout
-    last: dict[str, NodeHealth] = {}
-    while True:
-        try:
-            last = _probe_all(lab, nodes, unit, tls=tls)
-        except CoreosLabError as exc:
-            last = {n: NodeHealth(name=n, reachable=False, error=str(exc)) for n in nodes}
-        if on_round:
-            on_round(last)
-        if cluster_ready(last, expected_members, etcd=etcd):
-            return True, last
-        if time.monotonic() + interval >= deadline:
-            return False, last
-        time.sleep(interval)
 
 
 # -- progress display ---------------------------------------------------------------------------------
@@ -265,6 +126,8 @@ class Progress:
 
 # -- commands -----------------------------------------------------------------------------------------
 def _lab(lab: Path | None) -> tuple[Path, labconfig.LabConfig]:
+    from coreos_lab import config as labconfig
+
     path = lab_dir(lab).resolve()
     return path, labconfig.load(path)
 
@@ -282,9 +145,9 @@ def _check_nodes(cfg: labconfig.LabConfig, nodes: Sequence[str]) -> list[str]:
 
 
 def _invalidate_cluster_cache(path: Path) -> None:
-    from coreos_lab import cluster as cluster_mod
+    from coreos_lab import vagrant
 
-    cluster_mod.invalidate(path)
+    vagrant.invalidate(path)
 
 
 NODES_ARG = typer.Argument(None, help="Nodes (default: all of the lab's).")
@@ -303,6 +166,8 @@ def up(
     """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy."""
     path, cfg = _lab(lab)
     from coreos_lab.cli.lab import refuse_unexpected_pickups
+    from coreos_lab.health import wait_ready
+    from coreos_lab.probe import EtcdSeen
 
     refuse_unexpected_pickups(path, cfg)  # before Vagrant: what Flatcar's box would hand the nodes unchecked
     chosen = _check_nodes(cfg, nodes or [])
@@ -321,14 +186,11 @@ def up(
             interrupted = True
         finally:
             _invalidate_cluster_cache(path)
-        if interrupted:
-            progress.stop()
-            typer.echo(
-                "error: interrupted: vagrant up stopped after its clean-up; run 'coreos-lab up' to go on "
-                "or 'coreos-lab destroy' to remove the nodes",
-                err=True,
+        if interrupted:  # said by the CLI's boundary, after the progress display has stopped
+            raise KeyboardInterrupt(
+                "interrupted: vagrant up stopped after its clean-up; run 'coreos-lab up' to go on "
+                "or 'coreos-lab destroy' to remove the nodes"
             )
-            raise typer.Exit(130)
         for name in targets:
             progress.set(name, "booted, checking cluster" if wait else "up")
     booted = time.monotonic() - start
@@ -348,9 +210,9 @@ def up(
             err=True,
         )
     ready, health = wait_ready(
-        path,
+        lambda: _connect(path, probe_nodes),
         probe_nodes,
-        unit=unit,
+        etcd_unit=unit,
         expected_members=cfg.instances,
         etcd=whole,
         timeout=wait_timeout,
@@ -364,14 +226,15 @@ def up(
         if h is None:
             rows.append((spec.name, state, spec.ip, "-", "-", "-"))
             continue
+        seen = h.etcd or EtcdSeen()
         rows.append(
             (
                 spec.name,
                 state if h.reachable else f"{state} (no SSH)",
-                spec.ip if spec.ip in h.ips or not h.reachable else f"{spec.ip} (missing)",
-                h.unit_state or "-",
-                f"{h.started_members}/{cfg.instances}" if h.reachable else "-",
-                "healthy" if h.healthy else "unhealthy",
+                spec.ip if spec.ip in h.addresses or not h.reachable else f"{spec.ip} (missing)",
+                seen.unit_state or "-",
+                f"{seen.started_members}/{cfg.instances}" if h.reachable else "-",
+                "healthy" if seen.healthy else "unhealthy",
             )
         )
     if as_json:
@@ -389,15 +252,23 @@ def up(
         emit_table(["NODE", "STATE", "IP", "ETCD", "MEMBERS", "HEALTH"], rows)
         typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
     if not ready:
-        problems = [f"{h.name}: {h.error or h.unit_state or 'unhealthy'}" for h in health.values() if not _ok(h, cfg)]
+        problems = [
+            f"{h.name}: {h.error or (h.etcd and h.etcd.unit_state) or 'unhealthy'}"
+            for h in health.values()
+            if not (h.reachable and h.etcd is not None and h.etcd.ready(cfg.instances))
+        ]
         raise VagrantError(
             f"the cluster was not healthy within {wait_timeout:g}s ({'; '.join(problems)[:300]})",
             hint="see `coreos-lab logs etcd-member` or raise --wait-timeout",
         )
 
 
-def _ok(h: NodeHealth, cfg: labconfig.LabConfig) -> bool:
-    return h.reachable and h.unit_state == "active" and h.healthy and h.started_members == cfg.instances
+def _connect(path: Path, nodes: Sequence[str]) -> Cluster:
+    """A fresh cluster over ``nodes``' current ``vagrant ssh-config`` (no mux: a booting node may still change)."""
+    from coreos_lab import vagrant
+    from coreos_lab.cluster import Cluster
+
+    return Cluster.from_ssh_config(vagrant.ssh_config_text(path, list(nodes)), accept_new=True, persist=False)
 
 
 def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kwargs: object) -> None:
@@ -416,7 +287,7 @@ def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kw
 def halt(
     nodes: list[str] = NODES_ARG,
     lab: Path | None = LAB_OPTION,
-    force: bool = typer.Option(False, "--force", "-f", help="Power off instead of a clean shutdown."),
+    force: bool = typer.Option(False, "--force", help="Power off instead of a clean shutdown."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Shut the lab's nodes down (they keep their disks)."""

@@ -314,7 +314,6 @@ GOOD_TOKEN = "0123456789abcdef0123456789abcdef"
 
 _flag_values: dict[str, st.SearchStrategy[str]] = {
     "--instances": st.one_of(st.integers(-5, 40).map(str), hostile_text),
-    "-n": st.one_of(st.integers(-5, 40).map(str), hostile_text),
     "--channel": st.one_of(st.sampled_from(["stable", "beta", "alpha", "lts", "edge"]), hostile_text),
     "--os": st.one_of(st.sampled_from(["flatcar", "coreos", "rhel"]), hostile_text),
     "--provider": st.one_of(st.sampled_from(["virtualbox", "libvirt", "vmware"]), hostile_text),

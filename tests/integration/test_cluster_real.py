@@ -359,13 +359,13 @@ def test_cli_exec_prefixes_and_fails_when_a_node_fails(inventory: Path, runtime:
     assert bad.returncode == 1
     assert bad.stdout == ""
     assert bad.stderr == "core-02 | exit 1\ncore-03 | exit 1\n"
-    js = _cli(inventory, "exec", "--json", "-n", "core-01", "--", "exit 3")
+    js = _cli(inventory, "exec", "--json", "-N", "core-01", "--", "exit 3")
     assert js.returncode == 1
     import json
 
     (record,) = json.loads(js.stdout)
     assert (record["node"], record["exit_code"], record["ok"], record["error"]) == ("core-01", 3, False, None)
-    unknown = _cli(inventory, "exec", "-n", "core-09", "--", "true")
+    unknown = _cli(inventory, "exec", "-N", "core-09", "--", "true")
     assert unknown.returncode == 2
     assert unknown.stderr == "error: no node named 'core-09' (nodes: core-01, core-02, core-03)\n"
     none = _cli(inventory, "exec")

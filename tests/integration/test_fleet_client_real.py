@@ -1,15 +1,16 @@
 """FleetClient over real HTTP (TCP, a unix socket, and curl through a Runner) against the fleet API double.
 
-The double is first checked against the captures of the real fleet v1.0.0: same status lines, headers (except
-Date) and bodies, byte for byte. Then the client runs fleetctl's submit/load/start/stop/destroy flow through it.
+First the client replays the captures of the real fleet v1.0.0 (tests/fixtures/fleet-v1.0.0/api.txt): it must
+send the requests curl sent and receive fleetd's answers byte for byte. Then it runs fleetctl's
+submit/load/start/stop/destroy flow through the double.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,21 @@ import requests
 
 from coreos_lab.errors import EtcdError, FleetError
 from coreos_lab.etcd import EtcdClient
-from coreos_lab.fleet import FleetClient, parse_etcd_registry, parse_machines, parse_states, parse_units_page
+from coreos_lab.fleet import (
+    FleetClient,
+    HTTPAnswer,
+    Transport,
+    parse_etcd_registry,
+    parse_machines,
+    parse_states,
+    parse_unit,
+    parse_units_page,
+)
 from coreos_lab.runner import LocalRunner
 from coreos_lab.state import PREFIX, EtcdKV, RecordStore, UnitRecord, update_record
 from coreos_lab.unitfile import UnitFile
 from tests.conftest import require_binary
-from tests.fleet_double import FIXTURES, FleetDouble, FleetState, load_api_exchanges, load_etcd_dump
+from tests.fleet_double import FIXTURES, ApiExchange, FleetDouble, FleetState, load_api_exchanges, load_etcd_dump
 from tests.integration.etcd_rig import EtcdMember, etcd_single
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -32,56 +42,94 @@ CAPTURES = load_api_exchanges()
 MID = "3d1219c7c4c5404aaa1f6d2a48adfda4"
 
 
-def _raw(url: str, method: str, path: str, body: bytes | None = None, ctype: str | None = None):
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"Content-Type": ctype} if ctype else {}
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.reason, [(k, v) for k, v in resp.getheaders()], resp.read()
-    finally:
-        conn.close()
+class _Recording:
+    """Wraps the client's own transport (coreos_lab's HTTP stack), keeping each answer the client received."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, str, object, HTTPAnswer]] = []
+
+    def request(self, method: str, path: str, body: bytes | None, timeout: float) -> HTTPAnswer:
+        answer = self.inner.request(method, path, body, timeout)
+        self.seen.append((method, path, None if body is None else json.loads(body), answer))
+        return answer
 
 
-def _same_as_capture(answer, capture) -> None:
-    status, reason, headers, body = answer
-    assert (status, reason) == (capture.status, capture.reason)
-    assert [k for k, _ in headers] == [k for k, _ in capture.headers]
-    assert [(k, v) for k, v in headers if k != "Date"] == [(k, v) for k, v in capture.headers if k != "Date"]
-    assert body == capture.body
+def _recording(client: FleetClient) -> _Recording:
+    client.transport = rec = _Recording(client.transport)
+    return rec
+
+
+def _as_captured(capture: ApiExchange) -> HTTPAnswer:
+    return HTTPAnswer(capture.status, capture.body)
+
+
+# Each captured GET (curl against fleetd v1.0.0) and the client call that must send that very request.
+_GETS: dict[str, tuple[Callable[[FleetClient], object], Callable[[bytes], object]]] = {
+    "/fleet/v1/machines": (lambda c: c.machines(), lambda b: parse_machines(json.loads(b))),
+    "/fleet/v1/units": (lambda c: c.units(), lambda b: parse_units_page(json.loads(b))[0]),
+    "/fleet/v1/units/global.service": (lambda c: c.unit("global.service"), lambda b: parse_unit(json.loads(b))),
+    "/fleet/v1/state": (lambda c: c.states(), lambda b: parse_states(json.loads(b))),
+    "/fleet/v1/state?unitName=global.service": (
+        lambda c: c.states(unit_name="global.service"),
+        lambda b: parse_states(json.loads(b)),
+    ),
+    f"/fleet/v1/state?machineID={MID}": (lambda c: c.states(machine_id=MID), lambda b: parse_states(json.loads(b))),
+    "/fleet/v1/units/nope.service": (lambda c: c.unit("nope.service"), lambda b: None),
+}
 
 
 @pytest.mark.parametrize("capture", [c for c in CAPTURES if c.path], ids=lambda c: c.title[:60])
-def test_double_answers_gets_exactly_as_captured(capture):
+def test_client_sends_each_captured_get_and_reads_fleets_answer(capture: ApiExchange, tmp_path: Path) -> None:
+    """The client builds the request curl sent to the real fleetd, gets its bytes unaltered (TCP, or the unix
+    socket where the capture used it) and parses them; nope.service's 404 is None, not an error."""
+    call, expected = _GETS[capture.path]
+    unix = "--unix-socket" in capture.title
+    with FleetDouble(unix_socket=tmp_path / "fleet.sock" if unix else None) as fd:
+        client = FleetClient(f"unix://{fd.socket_path}" if unix else fd.url, timeout=5)
+        rec = _recording(client)
+        got = call(client)
+    assert rec.seen == [("GET", capture.path, None, _as_captured(capture))]
+    assert got == expected(capture.body)
+
+
+def test_client_write_sequence_gets_fleets_captured_answers() -> None:
+    """fleetctl's submit+start, load, a start of an unknown unit, destroy: the client sends what fleetctl sent,
+    receives what fleetd answered, and turns fleet's 409 into a FleetError carrying fleet's message."""
+    by_title = {c.title: c for c in CAPTURES if not c.path}
+    api = UnitFile.parse("[Service]\nExecStart=/bin/sleep 3000\n")
     with FleetDouble() as fd:
-        _same_as_capture(_raw(fd.url, "GET", capture.path), capture)
-
-
-def test_double_answers_the_write_sequence_exactly_as_captured():
-    caps = {c.title.split(" (")[0].split(" {")[0].split(" without")[0]: c for c in CAPTURES if not c.path}
-    created = next(c for c in CAPTURES if c.title.startswith("PUT units/api.service (new"))
-    loaded = next(c for c in CAPTURES if c.title.startswith('PUT units/api.service {"desiredState"'))
-    conflict = next(c for c in CAPTURES if c.title.startswith("PUT units/bad.service"))
-    media = next(c for c in CAPTURES if c.title.startswith("PUT without Content-Type"))
-    deleted = caps["DELETE units/api.service"]
-    api_unit = {
+        client = FleetClient(fd.url, timeout=5)
+        rec = _recording(client)
+        client.create_unit(api, "launched", "api.service")
+        client.set_desired_state("api.service", "loaded")
+        with pytest.raises(FleetError) as refused:
+            client.set_desired_state("bad.service", "launched")
+        assert client.destroy("api.service") is True
+        assert client.destroy("api.service") is False
+    path = "/fleet/v1/units/api.service"
+    created = {
         "name": "api.service",
         "desiredState": "launched",
         "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/sleep 3000"}],
     }
-    with FleetDouble() as fd:
-        path = "/fleet/v1/units/api.service"
-        _same_as_capture(_raw(fd.url, "PUT", path, json.dumps(api_unit).encode(), "application/json"), created)
-        body = b'{"desiredState":"loaded"}'
-        _same_as_capture(_raw(fd.url, "PUT", path, body, "application/json"), loaded)
-        body = b'{"desiredState":"launched"}'
-        _same_as_capture(_raw(fd.url, "PUT", "/fleet/v1/units/bad.service", body, "application/json"), conflict)
-        # curl -d sends application/x-www-form-urlencoded unless told otherwise
-        form = "application/x-www-form-urlencoded"
-        _same_as_capture(_raw(fd.url, "PUT", path, body, form), media)
-        _same_as_capture(_raw(fd.url, "DELETE", path), deleted)
-        assert _raw(fd.url, "DELETE", path)[0] == 404
+    assert [(m, p, b) for m, p, b, _ in rec.seen] == [
+        ("PUT", path, created),
+        ("PUT", path, {"desiredState": "loaded"}),
+        ("PUT", "/fleet/v1/units/bad.service", {"desiredState": "launched"}),
+        ("DELETE", path, None),
+        ("DELETE", path, None),
+    ]
+    assert [a for *_, a in rec.seen[:4]] == [
+        _as_captured(by_title["PUT units/api.service (new, launched)"]),
+        _as_captured(by_title['PUT units/api.service {"desiredState":"loaded"}']),
+        _as_captured(by_title["PUT units/bad.service without options"]),
+        _as_captured(by_title["DELETE units/api.service"]),
+    ]
+    assert rec.seen[4][3].status == 404
+    assert str(refused.value) == (
+        "fleet API PUT /fleet/v1/units/bad.service: HTTP 409: unit does not exist and options field empty"
+    )
 
 
 def test_api_service_content_hashes_like_the_orphan_in_etcd():
@@ -266,38 +314,17 @@ def test_two_concurrent_deploys_on_a_real_etcd_only_one_wins(etcd_single: EtcdMe
         assert sorted(final.targets) == sorted([*winners[0].targets, "n0", "n1", "n2", "n3"])
 
 
-def test_double_other_errors_follow_fleets_source() -> None:
+def test_client_reports_fleets_refusals_with_fleets_message() -> None:
+    """Requests fleet refuses by its own rules (api/units.go), not ours: the FleetError quotes fleet."""
+    both = UnitFile.parse("[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\nMachineID=x\n")
     with FleetDouble() as fd:
-        status, _, _, body = _raw(fd.url, "POST", "/fleet/v1/units")
-        assert (status, json.loads(body)) == (
-            405,
-            {"error": {"code": 405, "message": "only GET supported against this resource"}},
-        )
-        status, _, _, body = _raw(
-            fd.url, "PUT", "/fleet/v1/units/a.service", b'{"name":"b.service"}', "application/json"
-        )
-        assert status == 400
-        assert (
-            json.loads(body)["error"]["message"]
-            == 'name in URL "a.service" differs from unit name in request body "b.service"'
-        )
-        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", b"{", "application/json")
-        assert status == 400
-        assert json.loads(body)["error"]["message"].startswith("unable to decode body")
-        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", b"{}")
-        assert (status, json.loads(body)["error"]["message"]) == (415, "expected 1 Content-Type, got 0")
-        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.txt", b"{}", "application/json")
-        assert (status, json.loads(body)["error"]["message"]) == (400, 'invalid unit type: "txt"')
-        opts = json.dumps(
-            {
-                "desiredState": "launched",
-                "options": [
-                    {"section": "X-Fleet", "name": "Global", "value": "true"},
-                    {"section": "X-Fleet", "name": "MachineID", "value": "x"},
-                ],
-            }
-        ).encode()
-        status, _, _, body = _raw(fd.url, "PUT", "/fleet/v1/units/a.service", opts, "application/json")
-        assert (status, json.loads(body)["error"]["message"]) == (400, "MachineID cannot be used with Global")
-        status, _, _, body = _raw(fd.url, "GET", "/fleet/v1/nothing")
-        assert (status, body) == (404, b'{"error":{"code":404,"message":""}}')
+        client = FleetClient(fd.url, timeout=5)
+        with pytest.raises(FleetError) as conflict:
+            client.create_unit(both, "launched", "a.service")
+        with pytest.raises(FleetError) as bad_type:
+            client.create_unit(UnitFile.parse("[Service]\nExecStart=/bin/true\n"), "launched", "a.txt")
+        assert client.unit("a.service") is None  # neither refused unit was stored
+    assert (
+        str(conflict.value) == "fleet API PUT /fleet/v1/units/a.service: HTTP 400: MachineID cannot be used with Global"
+    )
+    assert str(bad_type.value) == 'fleet API PUT /fleet/v1/units/a.txt: HTTP 400: invalid unit type: "txt"'

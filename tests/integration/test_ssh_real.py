@@ -16,7 +16,6 @@ import pytest
 import requests
 
 from coreos_lab.errors import CommandFailed, CommandTimeout, HostKeyError, SSHError
-from coreos_lab.runner import Runner
 from coreos_lab.ssh import SSHRunner
 from coreos_lab.sshconfig import SSHTarget, parse_ssh_config
 from tests.conftest import require_binary, require_root
@@ -60,7 +59,6 @@ def runner(server: Sshd, keys: KeyPair) -> Iterator[SSHRunner]:
 
 
 def test_run_reuses_one_connection(runner: SSHRunner) -> None:
-    assert isinstance(runner, Runner)
     first = runner.run("echo out; echo err >&2; exit 7")
     assert (first.exit_code, first.stdout, first.stderr, first.host) == (7, "out\n", "err\n", "node")
     for _ in range(3):

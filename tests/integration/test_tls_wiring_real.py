@@ -22,9 +22,10 @@ import requests
 from typer.testing import CliRunner
 
 from coreos_lab import tls
-from coreos_lab.cluster import ETCD_TLS_ENV, SSH_CONFIG_CACHE, STATE_DIR, machine_ids_fingerprint
+from coreos_lab.cluster import ETCD_TLS_ENV
 from coreos_lab.config import LabConfig
 from coreos_lab.render import init_lab
+from coreos_lab.vagrant import SSH_CONFIG_CACHE, STATE_DIR, machine_ids_fingerprint
 from tests.conftest import require_binary, require_root
 from tests.integration.sshd import KeyPair, Sshd
 from tests.integration.test_tls_etcd_real import Member, localize
@@ -84,7 +85,7 @@ def inventory(base: Path, member: tuple[Path, Member]) -> Iterator[Path]:
     path.write_text(text)
     cache = lab_dir / STATE_DIR / SSH_CONFIG_CACHE
     cache.parent.mkdir(mode=0o700, exist_ok=True)
-    cache.write_text(json.dumps({"fingerprint": machine_ids_fingerprint(lab_dir), "text": text}))
+    cache.write_text(json.dumps({"machine_ids": machine_ids_fingerprint(lab_dir), "configs": {"*": text}}))
     try:
         yield path
     finally:

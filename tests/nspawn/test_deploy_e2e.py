@@ -312,7 +312,7 @@ def test_status_computed_by_the_mux_matches_the_in_process_one(
     import os
 
     from coreos_lab.cluster import open_cluster
-    from coreos_lab.mux import MuxClient, remote_status
+    from coreos_lab.mux import MuxClient, MuxRunner
 
     assert cli(inventory, "deploy", write_unit(units_dir, "muxed.service", SLEEPER)).returncode == 0
     runtime = tmp_path / "run"
@@ -334,10 +334,12 @@ def test_status_computed_by_the_mux_matches_the_in_process_one(
         assert persisted.returncode == 0, persisted.stderr
         cluster = open_cluster(inventory=inventory)
         try:
-            by_mux = remote_status(cluster.runner(cluster.names[0]), lab_dir=None, specs=None, tls_dir=None)
+            first = cluster.runner(cluster.names[0])
+            assert isinstance(first, MuxRunner)  # persistent connections: the mux holds them
+            by_mux = first.client.request({"op": "status", "lab_dir": None, "specs": None}, timeout=120)["report"]
         finally:
             cluster.close()
-        assert by_mux is not None  # the mux answered the status request itself
+        assert isinstance(by_mux, dict)  # the mux answered the status request itself
         code, in_process = status(inventory)  # --no-persist
         assert code == 0
 

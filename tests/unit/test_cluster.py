@@ -1,25 +1,18 @@
-"""Cluster decisions with fakes: fan-out outcomes, node selection, the lab's ssh-config cache."""
+"""Cluster decisions with fakes: fan-out outcomes, node selection, nodes of a Vagrant lab."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
 
 from coreos_lab import cluster as cluster_mod
-from coreos_lab.cluster import Cluster, invalidate, lab_ssh_config, machine_ids_fingerprint
+from coreos_lab.cluster import Cluster
 from coreos_lab.errors import CommandTimeout, ConfigError, SSHError, UsageError
 from coreos_lab.runner import CommandResult, LocalRunner
 from coreos_lab.testing import FakeRunner
-
-
-class _Boom(FakeRunner):
-    def run(self, cmd, *, timeout=None, sudo=False, stdin=None):  # type: ignore[no-untyped-def]
-        raise ValueError("backend bug")
 
 
 class _Slow(FakeRunner):
@@ -28,17 +21,12 @@ class _Slow(FakeRunner):
         return super().run(cmd, timeout=timeout, sudo=sudo, stdin=stdin)
 
 
-class _Down(FakeRunner):
-    def run(self, cmd, *, timeout=None, sudo=False, stdin=None):  # type: ignore[no-untyped-def]
-        raise CommandTimeout(f"{self.name}: command timed out after 1s: {cmd}")
-
-
 def test_run_all_reports_every_node_in_order() -> None:
     c = Cluster(
         {
             "core-01": FakeRunner("core-01", {"uptime": "up\n"}),
-            "core-02": _Down("core-02"),
-            "core-03": _Boom("core-03"),
+            "core-02": FakeRunner("core-02", {".": CommandTimeout("core-02: command timed out after 1s: uptime")}),
+            "core-03": FakeRunner("core-03", {".": ValueError("backend bug")}),
             "core-04": FakeRunner("core-04", {"uptime": (3, "", "bad\n")}),
         }
     )
@@ -78,7 +66,7 @@ def test_selection_and_sudo_and_argv_quoting() -> None:
 
 
 def test_map_turns_errors_into_values() -> None:
-    c = Cluster({"a": FakeRunner("a"), "b": _Down("b")})
+    c = Cluster({"a": FakeRunner("a"), "b": FakeRunner("b", {".": CommandTimeout("b: command timed out after 1s: x")})})
     out = c.map(lambda r: r.run("x").host)
     assert out["a"] == "a"
     assert isinstance(out["b"], CommandTimeout)
@@ -120,54 +108,18 @@ def test_persist_opt_out_by_environment(tmp_path: Path, monkeypatch: pytest.Monk
     assert type(c.runner("n1")).__name__ == "SSHRunner"
 
 
-def _fake_vagrant(monkeypatch: pytest.MonkeyPatch, texts: list[str]) -> list[Path]:
-    calls: list[Path] = []
+def test_from_lab_reads_the_labs_cached_vagrant_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreos_lab import vagrant
+
+    asked: list[Path] = []
 
     def ssh_config_text(lab_dir: Path) -> str:
-        calls.append(lab_dir)
-        return texts[min(len(calls), len(texts)) - 1]
+        asked.append(lab_dir)
+        return "Host core-01\n HostName 127.0.0.1\n Port 2222\n User core\n"
 
-    module = types.ModuleType("coreos_lab.vagrant")
-    module.ssh_config_text = ssh_config_text  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "coreos_lab.vagrant", module)
-    return calls
-
-
-def _machine(lab: Path, name: str, ident: str) -> None:
-    d = lab / ".vagrant" / "machines" / name / "libvirt"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "id").write_text(ident)
-
-
-def test_lab_ssh_config_is_cached_until_machine_ids_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_vagrant(monkeypatch, ["Host core-01\n Port 2222\n", "Host core-01\n Port 2200\n"])
-    _machine(tmp_path, "core-01", "uuid-1")
-    assert "2222" in lab_ssh_config(tmp_path)
-    assert "2222" in lab_ssh_config(tmp_path)
-    assert len(calls) == 1  # one vagrant process, then the cache
-    cache = tmp_path / ".coreos-lab" / "ssh-config.json"
-    assert cache.stat().st_mode & 0o777 == 0o600
-    _machine(tmp_path, "core-01", "uuid-2")  # destroyed and re-created
-    assert "2200" in lab_ssh_config(tmp_path)
-    assert len(calls) == 2
-    invalidate(tmp_path)
-    assert not cache.exists()
-    lab_ssh_config(tmp_path)
-    assert len(calls) == 3
-    invalidate(tmp_path / "never-existed")  # harmless
-
-
-def test_machine_ids_fingerprint_changes_with_ids(tmp_path: Path) -> None:
-    empty = machine_ids_fingerprint(tmp_path)
-    _machine(tmp_path, "a", "1")
-    one = machine_ids_fingerprint(tmp_path)
-    _machine(tmp_path, "b", "2")
-    assert len({empty, one, machine_ids_fingerprint(tmp_path)}) == 3
-
-
-def test_from_lab_uses_vagrant_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_vagrant(monkeypatch, ["Host core-01\n HostName 127.0.0.1\n Port 2222\n User core\n"])
+    monkeypatch.setattr(vagrant, "ssh_config_text", ssh_config_text)
     c = Cluster.from_lab(tmp_path, persist=False)
+    assert asked == [tmp_path]
     assert c.names == ["core-01"]
     assert c.targets["core-01"].user == "core"
 

@@ -69,6 +69,12 @@ def test_nodes_follow_prefix_and_network() -> None:
         ({"expose_docker_tcp": 0}, "expose_docker_tcp"),
         ({"vm_gui": "yes"}, "vm_gui must be true or false"),
         ({"vb_cpuexecutioncap": 0}, "vb_cpuexecutioncap"),
+        # a final newline is no exception ("$" in a pattern would let each of these through)
+        ({"name_prefix": "core\n"}, "name prefix"),
+        ({"box_version": "1.2\n"}, "box_version"),
+        ({"cluster_token": "tok\n"}, "cluster_token"),
+        ({"bootstrap": "discovery", "discovery_url": "https://x/y\n"}, "plain http"),
+        ({"metadata": {"core-01": {"role\n": "web"}}}, "metadata key"),
     ],
 )
 def test_invalid(changes: dict[str, Any], match: str) -> None:
@@ -79,9 +85,49 @@ def test_invalid(changes: dict[str, Any], match: str) -> None:
 
 
 def test_draft_allows_a_missing_discovery_url() -> None:
-    validate(LabConfig(bootstrap="self-hosted"), draft=True)
-    with pytest.raises(ConfigError):
+    validate(LabConfig(bootstrap="discovery"), draft=True)
+    validate(LabConfig(bootstrap="self-hosted"), draft=True, discovery_endpoint="http://127.0.0.1:2379")
+    with pytest.raises(ConfigError, match="needs a discovery_url"):
         validate(LabConfig(bootstrap="self-hosted"))
+
+
+def test_a_self_hosted_draft_needs_its_endpoint() -> None:
+    with pytest.raises(ConfigError, match="self-hosted needs --discovery-endpoint") as err:
+        validate(LabConfig(bootstrap="self-hosted"), draft=True)
+    assert err.value.exit_code == 2
+    url = "http://127.0.0.1:2379/v2/keys/discovery/abc"
+    validate(LabConfig(bootstrap="self-hosted", discovery_url=url), draft=True)  # a given URL needs no endpoint
+
+
+def test_nodes_are_computed_once_and_follow_changes() -> None:
+    cfg = validate(LabConfig(instances=2))
+    assert cfg.nodes is cfg.nodes
+    grown = cfg.with_changes(instances=3, metadata={"core-03": {"role": "db"}})
+    assert [n.name for n in grown.nodes] == ["core-01", "core-02", "core-03"]
+    assert grown.nodes[2].metadata == {"role": "db"}
+    assert len(cfg.nodes) == 2
+    assert "nodes" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"instances": 10**9}, {"instances": "3"}, {"network": "nonsense"}, {"metadata": {"core-01": "x"}}]
+)
+def test_an_invalid_config_has_no_nodes_until_validate_says_why(changes: dict[str, Any]) -> None:
+    cfg = LabConfig(**changes)  # constructing never raises (and never builds a billion nodes)
+    if "metadata" in changes:
+        assert cfg.nodes[0].metadata == {}
+    else:
+        assert cfg.nodes == ()
+    with pytest.raises(ConfigError):
+        validate(cfg)
+
+
+def test_nodes_is_no_setting() -> None:
+    cfg = validate(LabConfig())
+    assert "nodes" not in config_mod.to_dict(cfg)
+    assert "nodes" not in config_mod.dumps(cfg)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config_mod.from_dict({"nodes": []})
 
 
 def test_hostile_but_escapable_metadata_is_accepted() -> None:

@@ -1,4 +1,4 @@
-"""deploy.py decision logic against fake nodes (a stateful fake systemd behind FakeRunner) and InMemoryKV."""
+"""The systemd backend's decisions against fake nodes (a stateful fake systemd behind FakeRunner) and InMemoryKV."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from coreos_lab import deploy as dep
+from coreos_lab import probe, unitfile
 from coreos_lab.cli import app
 from coreos_lab.cluster import Cluster
 from coreos_lab.errors import EtcdError, SchedulingError, SSHError, UnitFileError
-from coreos_lab.state import PREFIX, EtcdKV, InMemoryKV, RecordStore, UnitRecord
-from coreos_lab.testing import FakeRunner
+from coreos_lab.state import PREFIX, EtcdKV, RecordStore, UnitRecord
+from coreos_lab.testing import FakeRunner, InMemoryKV
 from coreos_lab.unitfile import UnitFile
+from coreos_lab.units import systemd_backend as sb
 
 HELLO = "[Service]\nExecStart=/bin/sh -c 'while true; do echo Hello World; sleep 1; done'\n"
 
@@ -39,25 +40,17 @@ class FakeNode:
 
     def __post_init__(self) -> None:
         self.runner = FakeRunner(self.name, {".": self.answer})
-        original_put = self.runner.put
+        self.down = self.down  # FakeNode(down=True) starts down
 
-        def put(data: bytes, path: str, *, mode: int = 0o644, sudo: bool = False) -> None:
-            if self.down:
-                raise SSHError(f"{self.name}: cannot connect")
-            original_put(data, path, mode=mode, sudo=sudo)
-
-        self.runner.put = put  # type: ignore[method-assign]
-        original_run = self.runner.run
-
-        def run(cmd, **kw):  # type: ignore[no-untyped-def]
-            if self.down:
-                raise SSHError(f"{self.name}: cannot connect")
-            return original_run(cmd, **kw)
-
-        self.runner.run = run  # type: ignore[method-assign]
+    def __setattr__(self, key: str, value: object) -> None:
+        super().__setattr__(key, value)
+        if key == "down" and "runner" in self.__dict__:
+            # A node that is down answers every command and every put with the error a real runner raises.
+            gone = SSHError(f"{self.name}: cannot connect")
+            self.runner.answers = {".": gone} if value else {".": self.answer}
 
     def installed(self, unit: str) -> bool:
-        return f"/etc/systemd/system/{dep.file_name(unit)}" in self.runner.files
+        return f"/etc/systemd/system/{unitfile.file_name(unit)}" in self.runner.files
 
     def answer(self, line: str) -> tuple[int, str, str]:
         words = shlex.split(line)
@@ -124,7 +117,7 @@ def cluster(nodes: dict[str, FakeNode]) -> Iterator[Cluster]:
 @pytest.fixture(autouse=True)
 def _no_settle(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fake systemd cannot die after starting; the settle check has its own tests (test_deploy_settle.py)."""
-    monkeypatch.setattr(dep, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(sb, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -151,7 +144,7 @@ def where(nodes: dict[str, FakeNode], name: str) -> list[str]:
 
 # ---- probing -----------------------------------------------------------------------------------------------------
 def test_probe_reads_machine_id_metadata_and_address(cluster: Cluster) -> None:
-    facts = dep.probe_nodes(cluster)
+    facts = probe.probe_nodes(cluster)
     f = facts["core-01"]
     assert (f.reachable, f.machine_id, dict(f.metadata), f.ip) == (True, "a" * 32, {"role": "web"}, "10.0.0.1")
     assert f.machine == "core-01/10.0.0.1"
@@ -166,7 +159,7 @@ def test_probe_falls_back_to_lab_config_and_reports_down_nodes(nodes: dict[str, 
         "core-02": NodeSpec(2, "core-02", "192.168.56.102", {"role": "cache"}),
         "core-03": NodeSpec(3, "core-03", "192.168.56.103"),
     }
-    facts = dep.probe_nodes(cluster, specs)
+    facts = probe.probe_nodes(cluster, specs)
     assert dict(facts["core-02"].metadata) == {"role": "cache"}  # no metadata file: the lab's
     assert facts["core-02"].ip == "192.168.56.102"  # the lab's address beats whatever `hostname -I` lists
     assert not facts["core-03"].reachable
@@ -177,9 +170,9 @@ def test_probe_falls_back_to_lab_config_and_reports_down_nodes(nodes: dict[str, 
 
 def test_parse_probe_skips_loopback_addresses() -> None:
     out = "m1\n@@coreos-lab@@\n@@coreos-lab@@\nh\n@@coreos-lab@@\n127.0.0.1 fe80::1 10.213.0.12 10.0.2.15\n"
-    assert dep.parse_probe("n", out, ssh_host="127.0.0.1").ip == "10.213.0.12"
-    assert dep.parse_probe("n", out, ssh_host="192.168.56.7").ip == "192.168.56.7"
-    assert dep.parse_metadata("a=b\n\n#c=d\nbad\n k = v \n") == {"a": "b", "k": "v"}
+    assert probe.parse_probe("n", out, ssh_host="127.0.0.1").ip == "10.213.0.12"
+    assert probe.parse_probe("n", out, ssh_host="192.168.56.7").ip == "192.168.56.7"
+    assert probe.parse_metadata("a=b\n\n#c=d\nbad\n k = v \n") == {"a": "b", "k": "v"}
 
 
 # ---- deploy ------------------------------------------------------------------------------------------------------
@@ -189,7 +182,7 @@ def test_deploy_launches_on_exactly_one_node_and_records_first(
     seen_record_at_start: list[bool] = []
     for f in nodes.values():
         f.on_start = _Recorder(lambda: seen_record_at_start.append(kv.get(PREFIX + "myapp.service") is not None))
-    [out] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [out] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     assert out.status == "launched"
     assert out.ok
     assert [n.node for n in out.nodes] == where(nodes, "myapp.service")
@@ -217,10 +210,10 @@ class _Recorder(list[str]):
 def test_redeploy_of_identical_content_is_a_no_op(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    [first] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [first] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     calls = {n: len(f.runner.calls) for n, f in nodes.items()}
     rev = store.get("myapp.service").revision  # type: ignore[union-attr]
-    [again] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [again] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     assert again.status == "unchanged"
     assert "identical" in again.detail
     assert [n.node for n in again.nodes] == [n.node for n in first.nodes]
@@ -233,9 +226,9 @@ def test_redeploy_of_identical_content_is_a_no_op(
 
 
 def test_changed_content_updates_in_place(cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore) -> None:
-    [first] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [first] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     node = first.nodes[0].node
-    [second] = dep.deploy(cluster, [unit("myapp.service", HELLO + "Restart=always\n")], store=store, timeout=2)
+    [second] = sb.deploy(cluster, [unit("myapp.service", HELLO + "Restart=always\n")], store=store, timeout=2)
     assert second.status == "updated"
     assert [n.node for n in second.nodes] == [node]
     assert any("systemctl restart" in c for c in nodes[node].runner.calls)
@@ -243,7 +236,7 @@ def test_changed_content_updates_in_place(cluster: Cluster, nodes: dict[str, Fak
 
 
 def test_least_loaded_node_wins(cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore) -> None:
-    outs = dep.deploy(cluster, [unit(f"u{i}.service") for i in range(6)], store=store, timeout=2)
+    outs = sb.deploy(cluster, [unit(f"u{i}.service") for i in range(6)], store=store, timeout=2)
     counts = [len([o for o in outs if o.nodes[0].node == n]) for n in nodes]
     assert counts == [2, 2, 2]
 
@@ -251,7 +244,7 @@ def test_least_loaded_node_wins(cluster: Cluster, nodes: dict[str, FakeNode], st
 def test_conflicts_global_metadata_and_machine_id(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    dep.deploy(
+    sb.deploy(
         cluster,
         [
             fleet("pair-a.service", "Conflicts=pair-*.service\n"),
@@ -274,9 +267,9 @@ def test_conflicts_global_metadata_and_machine_id(
 def test_replaces_takes_the_node_and_pushes_the_old_unit_away(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    [old] = dep.deploy(cluster, [unit("old.service")], store=store, timeout=2)
+    [old] = sb.deploy(cluster, [unit("old.service")], store=store, timeout=2)
     home = old.nodes[0].node
-    [new] = dep.deploy(cluster, [fleet("new.service", "Replaces=old.service\n")], store=store, timeout=2)
+    [new] = sb.deploy(cluster, [fleet("new.service", "Replaces=old.service\n")], store=store, timeout=2)
     assert new.ok
     assert [n.node for n in new.nodes] == [home]
     assert "replaced" in new.detail
@@ -285,12 +278,12 @@ def test_replaces_takes_the_node_and_pushes_the_old_unit_away(
     assert len(moved) == 1
     assert moved != [home]
     assert store.get("old.service").targets == tuple(moved)  # type: ignore[union-attr]
-    assert not dep.reconcile(cluster, store=store).changed
+    assert not sb.reconcile(cluster, store=store).changed
 
 
 def test_unplaceable_unit_says_why_and_writes_nothing(cluster: Cluster, store: RecordStore) -> None:
     with pytest.raises(SchedulingError, match=r"core-02: MachineMetadata role=gpu \(node has role=db\)"):
-        dep.deploy(cluster, [fleet("gpu.service", "MachineMetadata=role=gpu\n")], store=store, timeout=2)
+        sb.deploy(cluster, [fleet("gpu.service", "MachineMetadata=role=gpu\n")], store=store, timeout=2)
     assert store.get("gpu.service") is None
 
 
@@ -299,7 +292,7 @@ def test_invalid_x_fleet_is_rejected_before_anything_happens(
 ) -> None:
     bad = fleet("bad.service", "Global=true\nMachineOf=x.service\n")
     with pytest.raises(UnitFileError, match="Global cannot be used with MachineOf"):
-        dep.deploy(cluster, [unit("ok.service"), bad], store=store, timeout=2)
+        sb.deploy(cluster, [unit("ok.service"), bad], store=store, timeout=2)
     assert store.list() == []
     assert all(f.runner.calls == [] for f in nodes.values())
 
@@ -309,15 +302,15 @@ def test_failed_unit_and_failing_node_are_reported_and_recorded(
 ) -> None:
     for f in nodes.values():
         f.failing.add("broken.service")
-    [out] = dep.deploy(cluster, [unit("broken.service")], store=store, timeout=2)
+    [out] = sb.deploy(cluster, [unit("broken.service")], store=store, timeout=2)
     assert out.status == "failed"
     assert not out.ok
     assert out.nodes[0].active_state == "failed"
     assert "failed" in (out.nodes[0].error or "")
     # A node that breaks between probe and install: reported, the record still names it for reconcile.
-    facts = dep.probe_nodes(cluster)  # core-02 still answers here ...
+    facts = probe.probe_nodes(cluster)  # core-02 still answers here ...
     nodes["core-02"].down = True  # ... and is gone by the time deploy installs
-    [out2] = dep.deploy(cluster, [fleet("pin.service", "MachineID=core-02\n")], store=store, facts=facts, timeout=2)
+    [out2] = sb.deploy(cluster, [fleet("pin.service", "MachineID=core-02\n")], store=store, facts=facts, timeout=2)
     assert not out2.ok
     assert out2.nodes[0].node == "core-02"
     assert "cannot connect" in (out2.nodes[0].error or "")
@@ -335,12 +328,12 @@ def test_concurrent_deploys_of_one_unit_cannot_both_win(
             barrier.wait()  # both deploys have read "not deployed" before either writes
             return records
 
-    facts = dep.probe_nodes(cluster)
+    facts = probe.probe_nodes(cluster)
     results: list[object] = []
 
     def go() -> None:
         try:
-            results.extend(dep.deploy(cluster, [unit("myapp.service")], store=SlowStore(kv), facts=facts, timeout=2))
+            results.extend(sb.deploy(cluster, [unit("myapp.service")], store=SlowStore(kv), facts=facts, timeout=2))
         except Exception as exc:
             results.append(exc)
 
@@ -364,12 +357,12 @@ def test_concurrent_deploys_of_different_content_the_loser_fails(cluster: Cluste
             barrier.wait()
             return records
 
-    facts = dep.probe_nodes(cluster)
+    facts = probe.probe_nodes(cluster)
     results: list[object] = []
 
     def go(text: str) -> None:
         try:
-            results.extend(dep.deploy(cluster, [unit("x.service", text)], store=SlowStore(kv), facts=facts, timeout=2))
+            results.extend(sb.deploy(cluster, [unit("x.service", text)], store=SlowStore(kv), facts=facts, timeout=2))
         except EtcdError as exc:
             results.append(exc)
 
@@ -387,76 +380,76 @@ def test_concurrent_deploys_of_different_content_the_loser_fails(cluster: Cluste
 def test_instances_share_their_template_file(cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore) -> None:
     spread = [fleet(f"hello@{i}.service", "Conflicts=hello@*.service\n") for i in (1, 2)]
     pinned = [fleet(f"web@{i}.service", "MachineID=core-01\n") for i in (1, 2)]
-    outs = dep.deploy(cluster, [*spread, *pinned], store=store, timeout=2)
+    outs = sb.deploy(cluster, [*spread, *pinned], store=store, timeout=2)
     assert all(o.ok for o in outs)
     h1, h2 = where(nodes, "hello@1.service"), where(nodes, "hello@2.service")
     assert len(h1) == len(h2) == 1
     assert h1 != h2
     assert "/etc/systemd/system/hello@.service" in nodes[h1[0]].runner.files
     assert where(nodes, "web@1.service") == where(nodes, "web@2.service") == ["core-01"]
-    assert not dep.reconcile(cluster, store=store).changed  # a sibling's template does not look like a stray copy
+    assert not sb.reconcile(cluster, store=store).changed  # a sibling's template does not look like a stray copy
     # undeploying one instance keeps the template while a sibling on that node still needs it
-    dep.undeploy(cluster, ["web@1.service"], store=store)
+    sb.undeploy(cluster, ["web@1.service"], store=store)
     assert where(nodes, "web@1.service") == []
     assert where(nodes, "web@2.service") == ["core-01"]
     assert nodes["core-01"].installed("web@2.service")
-    dep.undeploy(cluster, ["web@2.service", "hello@1.service"], store=store)
+    sb.undeploy(cluster, ["web@2.service", "hello@1.service"], store=store)
     assert "/etc/systemd/system/web@.service" not in nodes["core-01"].runner.files
     assert "/etc/systemd/system/hello@.service" not in nodes[h1[0]].runner.files
     assert where(nodes, "hello@2.service") == h2
-    assert not dep.reconcile(cluster, store=store).changed
+    assert not sb.reconcile(cluster, store=store).changed
 
 
 def test_a_bare_template_cannot_be_deployed(cluster: Cluster, store: RecordStore) -> None:
     with pytest.raises(UnitFileError, match=r"hello@\.service is a template: deploy instances of it instead"):
-        dep.deploy(cluster, [unit("hello@.service")], store=store)
+        sb.deploy(cluster, [unit("hello@.service")], store=store)
     with pytest.raises(UnitFileError, match="is a template"):
-        dep.load_unit(HELLO, "hello@.service")
+        unitfile.load_unit(HELLO, "hello@.service")
 
 
 # ---- undeploy, start/stop ----------------------------------------------------------------------------------------
 def test_undeploy_removes_everywhere_and_is_idempotent(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    dep.deploy(cluster, [fleet("g.service", "Global=true\n")], store=store, timeout=2)
-    [out] = dep.undeploy(cluster, ["g.service"], store=store)
+    sb.deploy(cluster, [fleet("g.service", "Global=true\n")], store=store, timeout=2)
+    [out] = sb.undeploy(cluster, ["g.service"], store=store)
     assert out.ok
     assert out.had_record
     assert out.deleted
     assert store.get("g.service") is None
     assert not any(f.installed("g.service") for f in nodes.values())
     assert where(nodes, "g.service") == []
-    [again] = dep.undeploy(cluster, ["g.service"], store=store)
+    [again] = sb.undeploy(cluster, ["g.service"], store=store)
     assert (again.ok, again.had_record, again.deleted) == (True, False, False)
 
 
 def test_undeploy_with_a_target_down_keeps_an_inactive_record_that_reconcile_finishes(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    dep.deploy(cluster, [fleet("p.service", "MachineID=core-03\n")], store=store, timeout=2)
+    sb.deploy(cluster, [fleet("p.service", "MachineID=core-03\n")], store=store, timeout=2)
     nodes["core-03"].down = True
-    [u] = dep.undeploy(cluster, ["p.service"], store=store)
+    [u] = sb.undeploy(cluster, ["p.service"], store=store)
     assert not u.ok
     assert not u.deleted
     assert store.get("p.service").desired_state == "inactive"  # type: ignore[union-attr]
     nodes["core-03"].down = False
-    result = dep.reconcile(cluster, store=store, timeout=2)
+    result = sb.reconcile(cluster, store=store, timeout=2)
     assert result.deleted_records == ("p.service",)
     assert not nodes["core-03"].installed("p.service")
-    assert not dep.reconcile(cluster, store=store, timeout=2).changed
+    assert not sb.reconcile(cluster, store=store, timeout=2).changed
 
 
 def test_stop_and_start_change_desired_state(cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore) -> None:
-    [out] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [out] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     node = out.nodes[0].node
-    stopped = dep.set_state(cluster, "myapp.service", "loaded", store=store)
+    stopped = sb.set_state(cluster, "myapp.service", "loaded", store=store)
     assert stopped.ok
     assert stopped.changed
     assert store.get("myapp.service").desired_state == "loaded"  # type: ignore[union-attr]
     assert where(nodes, "myapp.service") == []
     assert nodes[node].installed("myapp.service")
-    assert not dep.reconcile(cluster, store=store).changed  # loaded and stopped is what was asked for
-    started = dep.set_state(cluster, "myapp.service", "launched", store=store, timeout=2)
+    assert not sb.reconcile(cluster, store=store).changed  # loaded and stopped is what was asked for
+    started = sb.set_state(cluster, "myapp.service", "launched", store=store, timeout=2)
     assert started.ok
     assert where(nodes, "myapp.service") == [node]
 
@@ -465,7 +458,7 @@ def test_stop_and_start_change_desired_state(cluster: Cluster, nodes: dict[str, 
 def test_reconcile_moves_units_off_a_dead_node_and_then_has_nothing_to_do(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    outs = dep.deploy(
+    outs = sb.deploy(
         cluster,
         [
             fleet("pair-a.service", "Conflicts=pair-*.service\n"),
@@ -478,7 +471,7 @@ def test_reconcile_moves_units_off_a_dead_node_and_then_has_nothing_to_do(
     victim = outs[0].nodes[0].node
     nodes[victim].down = True
     nodes[victim].active.clear()
-    result = dep.reconcile(cluster, store=store, timeout=2)
+    result = sb.reconcile(cluster, store=store, timeout=2)
     assert result.ok
     assert result.changed
     kinds = {(a.action.kind, a.action.unit) for a in result.actions}
@@ -491,7 +484,7 @@ def test_reconcile_moves_units_off_a_dead_node_and_then_has_nothing_to_do(
     rec = store.get("pair-a.service")
     assert rec is not None
     assert rec.targets == tuple(a)
-    second = dep.reconcile(cluster, store=store, timeout=2)
+    second = sb.reconcile(cluster, store=store, timeout=2)
     assert not second.changed
     assert second.actions == ()
 
@@ -499,39 +492,39 @@ def test_reconcile_moves_units_off_a_dead_node_and_then_has_nothing_to_do(
 def test_reconcile_stops_a_stale_copy_and_dry_run_changes_nothing(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    [out] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [out] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     home = out.nodes[0].node
     stray = next(n for n in nodes if n != home)
     nodes[stray].runner.put(HELLO.encode(), "/etc/systemd/system/myapp.service")
     nodes[stray].active["myapp.service"] = "active"
-    dry = dep.reconcile(cluster, store=store, dry_run=True)
+    dry = sb.reconcile(cluster, store=store, dry_run=True)
     assert dry.dry_run
     assert {(a.action.kind, a.action.node) for a in dry.actions} == {("stop", stray), ("unload", stray)}
     assert where(nodes, "myapp.service") == sorted([home, stray])
-    real = dep.reconcile(cluster, store=store)
+    real = sb.reconcile(cluster, store=store)
     assert real.ok
     assert where(nodes, "myapp.service") == [home]
     assert not nodes[stray].installed("myapp.service")
-    assert not dep.reconcile(cluster, store=store).changed
+    assert not sb.reconcile(cluster, store=store).changed
 
 
 def test_list_units_and_unit_files_join_desired_and_live_state(
     cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore
 ) -> None:
-    [out] = dep.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    [out] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
     home = out.nodes[0].node
-    rows = dep.list_units(cluster, store=store)
+    rows = sb.list_units(cluster, store=store)
     assert [(r.unit, r.machine, r.active_state, r.sub_state) for r in rows] == [
         ("myapp.service", f"{home}/10.0.0.{home[-1]}", "active", "running")
     ]
-    files = dep.list_unit_files(cluster, store=store)
+    files = sb.list_unit_files(cluster, store=store)
     assert [(f.unit, f.desired_state, f.state, f.targets) for f in files] == [
         ("myapp.service", "launched", "launched", (home,))
     ]
     nodes[home].active["myapp.service"] = "failed"
-    [row] = dep.list_units(cluster, store=store)
+    [row] = sb.list_units(cluster, store=store)
     assert not row.in_desired_state
-    assert dep.list_unit_files(cluster, store=store)[0].state == "loaded"
+    assert sb.list_unit_files(cluster, store=store)[0].state == "loaded"
 
 
 def test_etcd_kv_maps_the_store_protocol_onto_the_client() -> None:
@@ -587,8 +580,8 @@ def test_cli_deploy_rejects_a_bad_unit_file_in_one_line(tmp_path: Path) -> None:
 # ---- the fleet backend (against the fleet v1.0.0 API double) -----------------------------------------------------
 def test_probe_detects_fleetd() -> None:
     out = "m\n@@coreos-lab@@\n@@coreos-lab@@\nh\n@@coreos-lab@@\n10.1.1.1\n@@coreos-lab@@\nfleet\n"
-    assert dep.parse_probe("n", out).runs_fleet
-    assert not dep.parse_probe("n", out.replace("fleet\n", "")).runs_fleet
+    assert probe.parse_probe("n", out).runs_fleet
+    assert not probe.parse_probe("n", out.replace("fleet\n", "")).runs_fleet
 
 
 def test_cli_drives_fleet_like_fleetctl(tmp_path: Path) -> None:

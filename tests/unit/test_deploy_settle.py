@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from coreos_lab import deploy as dep
 from coreos_lab.cluster import Cluster
 from coreos_lab.errors import CoreosLabError
-from coreos_lab.state import InMemoryKV, RecordStore, UnitRecord
+from coreos_lab.state import RecordStore, UnitRecord
 from coreos_lab.systemd import UnitState, parse_show
-from coreos_lab.testing import FakeRunner
+from coreos_lab.testing import FakeRunner, InMemoryKV
 from coreos_lab.unitfile import UnitFile
+from coreos_lab.units import launch as nodeside
+from coreos_lab.units import results
+from coreos_lab.units import systemd_backend as sb
 
 UNIT = "app.service"
 TEXT = "[Service]\nExecStart=/bin/sleep infinity\n"
@@ -107,7 +109,7 @@ class ScriptedNode:
 
 def launch(node: ScriptedNode, *, restart: bool = False, settle: float = 0.01, timeout: float = 2.0) -> Any:
     record = UnitRecord.new(UnitFile.parse(TEXT, name=UNIT), "launched", (node.name,))
-    return dep._launch_on(node.runner, record, restart=restart, timeout=timeout, settle=settle)
+    return nodeside.launch_on(node.runner, record, restart=restart, timeout=timeout, settle=settle)
 
 
 # ---- the pure decision -----------------------------------------------------------------------------------------
@@ -145,12 +147,12 @@ UP = live("active", "running", "success", 100, 0, 0, "i1")
     ],
 )
 def test_settle_verdict(later: UnitState, why: str | None) -> None:
-    assert dep.settle_verdict(UP, later) == why
+    assert nodeside.settle_verdict(UP, later) == why
 
 
 def test_settle_verdict_a_unit_seen_active_after_restarts_already_failed() -> None:
     restarted = live("active", "running", "success", 100, 1, 0, "i2")
-    assert dep.settle_verdict(restarted, restarted) == "app.service keeps restarting: active/running (1 restart)"
+    assert nodeside.settle_verdict(restarted, restarted) == "app.service keeps restarting: active/running (1 restart)"
 
 
 def test_parse_liveness_tolerates_missing_and_garbled_fields() -> None:
@@ -161,11 +163,11 @@ def test_parse_liveness_tolerates_missing_and_garbled_fields() -> None:
 
 def test_a_stale_state_is_not_the_result_of_the_new_start() -> None:
     before = one(state("failed", inv="old"))
-    assert not dep._terminal(one(state("failed", inv="old")), before)  # job not begun yet
-    assert not dep._terminal(one(state("inactive", inv="")), before)
-    assert dep._terminal(one(state("failed", inv="new")), before)
-    assert dep._terminal(one(state("failed", inv=None)), before)  # no IDs: take it as is
-    assert not dep._terminal(one(state("activating", inv="new")), before)
+    assert not nodeside.has_result(one(state("failed", inv="old")), before)  # job not begun yet
+    assert not nodeside.has_result(one(state("inactive", inv="")), before)
+    assert nodeside.has_result(one(state("failed", inv="new")), before)
+    assert nodeside.has_result(one(state("failed", inv=None)), before)  # no IDs: take it as is
+    assert not nodeside.has_result(one(state("activating", inv="new")), before)
 
 
 # ---- start and watch on a scripted node ---------------------------------------------------------------------------
@@ -237,12 +239,12 @@ def recorded(kv: InMemoryKV, target: str) -> RecordStore:
 def test_redeploy_starts_an_identical_unit_that_an_interrupted_deploy_left_unstarted(
     kv: InMemoryKV, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dep, "_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(sb, "GRACE_SECONDS", 0.2)
     node = ScriptedNode("core-01", ["LoadState=not-found\nActiveState=inactive\nInvocationID=\n"] * 3)
     node.states += [state("active", inv="n1", pid=7)]
     store = recorded(kv, "core-01")
     with cluster_of(node) as cluster:
-        [out] = dep.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
+        [out] = sb.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
     assert out.status == "launched"
     assert out.ok
     assert out.detail == "identical content was recorded but not running on core-01: started it"
@@ -254,7 +256,7 @@ def test_redeploy_of_a_running_identical_unit_changes_nothing(kv: InMemoryKV) ->
     node = ScriptedNode("core-01", [state("active", inv="n1", pid=7)])
     store = recorded(kv, "core-01")
     with cluster_of(node) as cluster:
-        [out] = dep.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
+        [out] = sb.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
     assert (out.status, out.ok, out.detail) == ("unchanged", True, "identical content is already deployed")
     assert node.starts == []
 
@@ -266,7 +268,7 @@ def test_redeploy_waits_for_a_concurrent_start_instead_of_starting_twice(kv: InM
     )
     store = recorded(kv, "core-01")
     with cluster_of(node) as cluster:
-        [out] = dep.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
+        [out] = sb.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=store, settle=0)
     assert out.status == "unchanged"
     assert node.starts == []
 
@@ -278,8 +280,8 @@ def test_ctrl_c_while_recording_touches_no_node(kv: InMemoryKV) -> None:
         def put(self, record: UnitRecord, *, expected_revision: int) -> UnitRecord | None:
             raise KeyboardInterrupt
 
-    with cluster_of(node) as cluster, pytest.raises(dep.DeployInterrupted) as caught:
-        dep.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=Interrupting(kv))
+    with cluster_of(node) as cluster, pytest.raises(results.DeployInterrupted) as caught:
+        sb.deploy(cluster, [UnitFile.parse(TEXT, name=UNIT)], store=Interrupting(kv))
     assert (caught.value.unit, caught.value.phase) == (UNIT, "recording")
     assert str(caught.value) == f"interrupted while recording {UNIT} in etcd (no node was touched); run deploy again"
     assert all("@@coreos-lab@@" in c for c in node.runner.calls)  # the probe only
@@ -300,8 +302,8 @@ def test_ctrl_c_while_starting_stops_the_other_nodes_at_their_next_step(kv: InMe
     cluster = cluster_of(interrupted, waiting)
     started = time.monotonic()
     try:
-        with pytest.raises(dep.DeployInterrupted) as caught:
-            dep.deploy(cluster, [unit], store=store, timeout=30)
+        with pytest.raises(results.DeployInterrupted) as caught:
+            sb.deploy(cluster, [unit], store=store, timeout=30)
     finally:
         cluster.close()  # waits for node work: must be quick once cancelled
     assert time.monotonic() - started < 3
@@ -321,9 +323,9 @@ def fake_target(monkeypatch: pytest.MonkeyPatch) -> None:
 
     @contextmanager
     def target(*_: Any) -> Iterator[Any]:
-        yield cli_units._Target(Cluster({}), {})
+        yield sb.SystemdBackend(Cluster({}), {})
 
-    monkeypatch.setattr(cli_units, "_target", target)
+    monkeypatch.setattr(cli_units, "_backend", target)
 
 
 def run_cli(tmp_path: Path, *args: str) -> Any:
@@ -338,9 +340,9 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(
     tmp_path: Path, fake_target: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def interrupted(*_: Any, **__: Any) -> Any:
-        raise dep.DeployInterrupted(UNIT, "recorded")
+        raise results.DeployInterrupted(UNIT, "recorded")
 
-    monkeypatch.setattr(dep, "deploy", interrupted)
+    monkeypatch.setattr(sb, "deploy", interrupted)
     result = run_cli(tmp_path)
     assert result.exit_code == 130
     assert result.stdout == ""
@@ -357,10 +359,10 @@ def test_cli_prints_the_failed_units_journal_and_passes_settle(
 
     def failed(*_: Any, **kw: Any) -> Any:
         seen.update(kw)
-        node = dep.NodeOutcome("core-01", "10.0.0.1", False, "failed", "failed", "app.service died", ("l1", "l2"))
-        return (dep.DeployOutcome(UNIT, "0" * 40, "failed", (node,)),)
+        node = results.NodeOutcome("core-01", "10.0.0.1", False, "failed", "failed", "app.service died", ("l1", "l2"))
+        return (results.DeployOutcome(UNIT, "0" * 40, "failed", (node,)),)
 
-    monkeypatch.setattr(dep, "deploy", failed)
+    monkeypatch.setattr(sb, "deploy", failed)
     result = run_cli(tmp_path, "--settle", "2.5")
     assert result.exit_code == 1
     assert seen["settle"] == 2.5
@@ -368,8 +370,8 @@ def test_cli_prints_the_failed_units_journal_and_passes_settle(
 
 
 def test_interrupt_report_before_anything_happened() -> None:
-    assert str(dep.DeployInterrupted("", "preparing")) == "interrupted before anything was changed"
-    assert isinstance(dep.DeployInterrupted("a.service", "recorded"), KeyboardInterrupt)
+    assert str(results.DeployInterrupted("", "preparing")) == "interrupted before anything was changed"
+    assert isinstance(results.DeployInterrupted("a.service", "recorded"), KeyboardInterrupt)
 
 
 @pytest.mark.parametrize(
@@ -393,10 +395,10 @@ def test_cli_plain_ctrl_c_says_whether_the_deploy_had_begun(
     def target(*_: Any) -> Iterator[Any]:
         if where == "connect":
             ctrl_c()
-        yield cli_units._Target(Cluster({}), {})
+        yield sb.SystemdBackend(Cluster({}), {})
 
-    monkeypatch.setattr(cli_units, "_target", target)
-    monkeypatch.setattr(dep, "deploy", ctrl_c)  # e.g. a second Ctrl-C during the first one's clean-up
+    monkeypatch.setattr(cli_units, "_backend", target)
+    monkeypatch.setattr(sb, "deploy", ctrl_c)  # e.g. a second Ctrl-C during the first one's clean-up
     result = run_cli(tmp_path)
     assert (result.exit_code, result.stdout, result.stderr) == (130, "", message)
 
@@ -405,15 +407,11 @@ def test_a_node_that_breaks_mid_deploy_is_named_as_going_away() -> None:
     from coreos_lab.errors import SSHError
 
     assert (
-        dep._node_gone(FakeRunner("n1", {"is-system-running": (1, "stopping\n", "")}))
+        nodeside.node_gone(FakeRunner("n1", {"is-system-running": (1, "stopping\n", "")}))
         == "n1 is going down (systemd: stopping)"
     )
-    assert dep._node_gone(FakeRunner("n1", {"is-system-running": (0, "running\n", "")})) is None
+    assert nodeside.node_gone(FakeRunner("n1", {"is-system-running": (0, "running\n", "")})) is None
 
-    class Gone(FakeRunner):
-        def run(self, cmd: Any, **kw: Any) -> Any:
-            raise SSHError(f"{self.name}: connection lost")
-
-    assert dep._node_gone(Gone("n2")) == "n2 became unreachable"
+    assert nodeside.node_gone(FakeRunner("n2", {".": SSHError("n2: connection lost")})) == "n2 became unreachable"
     no_bus = FakeRunner("n3", {"is-system-running": (1, "", "Failed to connect to bus: Broken pipe\n")})
-    assert dep._node_gone(no_bus) == "n3 is going down (systemd: Failed to connect to bus: Broken pipe)"
+    assert nodeside.node_gone(no_bus) == "n3 is going down (systemd: Failed to connect to bus: Broken pipe)"

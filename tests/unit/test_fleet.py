@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable
 
 import pytest
@@ -13,16 +12,11 @@ from hypothesis import strategies as st
 
 from coreos_lab.errors import FleetError
 from coreos_lab.fleet import (
-    UNIT_COLUMNS,
     FleetClient,
     FleetMachine,
     FleetUnit,
     HTTPAnswer,
     RunnerTransport,
-    format_table,
-    list_machines_table,
-    list_unit_files_table,
-    list_units_table,
     machine_cell,
     machine_id_matches,
     parse_etcd_registry,
@@ -34,7 +28,6 @@ from coreos_lab.fleet import (
     parse_unit,
     parse_units_page,
     short_hash,
-    unit_state_line,
 )
 from coreos_lab.testing import FakeRunner
 from coreos_lab.unitfile import UnitFile
@@ -448,56 +441,10 @@ def test_garbage_etcd_dumps_raise_only_fleet_error(doc):
     assert err is None or "\n" not in str(err)
 
 
-# ---- fleetctl-compatible output ------------------------------------------------------------------------------------
-def _split(text: str) -> tuple[list[str], list[list[str]]]:
-    lines = [ln for ln in text.split("\n") if ln]
-    return [c.lower() for c in re.split(r"\t+", lines[0])], [re.split(r"\t+", ln) for ln in lines[1:]]
-
-
-def test_format_table_reproduces_every_captured_table_byte_for_byte():
-    checked = 0
-    for run in RUNS:
-        if not run.cmd.startswith("fleetctl list-"):
-            continue
-        if "--no-legend" in run.cmd:
-            rows = [re.split(r"\t+", ln) for ln in run.stdout.split("\n") if ln]
-            assert format_table(UNIT_COLUMNS, rows, legend=False) == run.stdout
-        else:
-            columns, rows = _split(run.stdout)
-            assert format_table(columns, rows) == run.stdout, run.cmd
-        checked += 1
-    for table in load_cat_a_tables():
-        columns, rows = _split(table)
-        assert format_table(columns, rows) == table
-        checked += 1
-    assert checked == 14
-
-
-def test_api_answers_render_as_the_fleetctl_tables_captured_at_the_same_moment():
-    machines = parse_machines(json.loads(API["/fleet/v1/machines"].body))
-    units, _ = parse_units_page(json.loads(API["/fleet/v1/units"].body))
-    states = parse_states(json.loads(API["/fleet/v1/state"].body))
-    m, uf, u = load_cat_a_tables()
-    assert list_machines_table(machines) == m
-    assert list_unit_files_table(units, machines) == uf
-    assert list_units_table(states, machines) == u
-    full = next(r for r in RUNS if r.cmd == "fleetctl list-machines --full")
-    assert list_machines_table(machines, full=True) == full.stdout
-    # and the same from fleet's etcd keys
-    reg = parse_etcd_registry(load_etcd_dump())
-    assert list_unit_files_table(reg.units, reg.machines) == uf
-    assert list_units_table(reg.states, reg.machines) == u
-
-
-def test_unit_state_lines_match_fleetctl():
+# ---- fleetctl's cell values (its tables: tests/unit/test_cli_tables.py) -----------------------------------------
+def test_machine_cells_are_the_ones_fleetctl_prints():
     said = {line for r in RUNS for line in r.stdout.splitlines()}
-    assert unit_state_line("hello.service", "launched", MID, "127.0.0.1") in said
-    assert unit_state_line("hello.service", "loaded", MID, "127.0.0.1") in said
-    assert unit_state_line("hello.service", "inactive") in said
-    assert unit_state_line("global.service", "") in said
+    assert f"Unit hello.service launched on {machine_cell(MID, '127.0.0.1')}" in said
     assert machine_cell(None, None) == "-"
     assert machine_cell(MID, "127.0.0.1", full=True) == f"{MID}/127.0.0.1"
     assert short_hash("c643d3fec7075e0b4cd6d8840bb1b32fcf88d33e") == "c643d3f"
-    with pytest.raises(ValueError, match="row has 1 cells"):
-        format_table(UNIT_COLUMNS, [["x"]])
-    assert format_table(UNIT_COLUMNS, [], legend=False) == ""

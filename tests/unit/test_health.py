@@ -8,10 +8,10 @@ import pytest
 
 from coreos_lab import health
 from coreos_lab.cluster import Cluster
-from coreos_lab.deploy import UnitRow
 from coreos_lab.etcd import ClusterHealth, MemberHealth
 from coreos_lab.health import ClusterStatus, EtcdStatus, NodeStatus
-from coreos_lab.testing import FakeRunner
+from coreos_lab.testing import FakeRunner, InMemoryKV
+from coreos_lab.units.results import UnitRow
 
 LEADER = 0xA1
 
@@ -184,7 +184,7 @@ SHOW = "Id=myapp.service\nLoadState=loaded\nActiveState=active\nSubState=running
 
 @pytest.fixture
 def one_node_with_myapp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRunner:
-    from coreos_lab.state import InMemoryKV, RecordStore, UnitRecord
+    from coreos_lab.state import RecordStore, UnitRecord
     from coreos_lab.unitfile import UnitFile
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))

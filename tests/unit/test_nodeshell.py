@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -36,11 +37,14 @@ def test_addresses_from_a_stand_in_ip(tmp_path: Path) -> None:
 
 
 def test_addresses_with_the_real_ip() -> None:
-    require_binary("ip")
+    """The snippet prints what the host's own ``ip`` reports (read here from its JSON), never 127.0.0.1."""
+    ip = require_binary("ip")
     proc = sh(nodeshell.ADDRESSES, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     assert proc.returncode == 0
-    for word in proc.stdout.split():
-        assert not ipaddress.IPv4Address(word).is_loopback  # scope global: never 127.0.0.1
+    shown = subprocess.run([ip, "-j", "-4", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    expected = [a["local"] for link in json.loads(shown.stdout or "[]") for a in link.get("addr_info", [])]
+    assert proc.stdout.split() == expected
+    assert not any(ipaddress.IPv4Address(a).is_loopback for a in expected)
 
 
 def test_addresses_without_ip_is_empty_not_an_error(tmp_path: Path) -> None:

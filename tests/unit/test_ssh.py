@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import paramiko
 import pytest
 
 from coreos_lab import mux
 from coreos_lab.errors import CommandFailed, CommandTimeout, HostKeyError, SSHError
+from coreos_lab.runner import LocalRunner, Runner
 from coreos_lab.ssh import SSHRunner, _append_known_host, fingerprint, known_hosts_name
 from coreos_lab.sshconfig import SSHTarget
+from coreos_lab.testing import FakeRunner
 
 
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
@@ -98,15 +102,15 @@ def test_mux_key_depends_on_config_and_options() -> None:
 
 
 def test_errors_cross_the_wire_with_their_type() -> None:
-    err = mux._error_from_wire({"type": "CommandTimeout", "message": "n1: command timed out after 1s: x"})
+    err = mux.error_from_wire({"type": "CommandTimeout", "message": "n1: command timed out after 1s: x"})
     assert isinstance(err, CommandTimeout)
-    assert isinstance(mux._error_from_wire({"type": "HostKeyError", "message": "m"}), HostKeyError)
-    failed = mux._error_from_wire(
+    assert isinstance(mux.error_from_wire({"type": "HostKeyError", "message": "m"}), HostKeyError)
+    failed = mux.error_from_wire(
         {"type": "CommandFailed", "host": "n1", "cmd": "false", "exit_code": 1, "stderr": "no\n"}
     )
     assert isinstance(failed, CommandFailed)
     assert str(failed) == "n1: command exited 1: false: no"
-    assert type(mux._error_from_wire({"type": "Weird", "message": "m"})) is SSHError
+    assert type(mux.error_from_wire({"type": "Weird", "message": "m"})) is SSHError
 
 
 class _FakeClient:
@@ -147,8 +151,27 @@ def test_pid_line_is_split_from_stderr_only_when_it_is_ours() -> None:
     assert _split_pid(b"") == (None, b"")
 
 
-def test_runners_implement_the_protocol() -> None:
-    from coreos_lab.runner import Runner
+_RUNNERS: dict[str, Callable[[], Any]] = {
+    "SSHRunner": lambda: SSHRunner(SSHTarget("n", "127.0.0.1")),
+    "MuxRunner": lambda: mux.MuxRunner(_FakeClient(), "n"),  # type: ignore[arg-type]
+    "LocalRunner": lambda: LocalRunner("n"),
+    "FakeRunner": lambda: FakeRunner("n"),
+}
 
-    assert isinstance(SSHRunner(SSHTarget("n", "127.0.0.1")), Runner)
-    assert isinstance(mux.MuxRunner(_FakeClient(), "n"), Runner)  # type: ignore[arg-type]
+
+@pytest.mark.parametrize("make", _RUNNERS.values(), ids=_RUNNERS.keys())
+def test_runners_implement_the_protocol(make: Callable[[], Any]) -> None:
+    """Every member of Runner, with the same parameters, defaults and types. (isinstance against the
+    runtime-checkable Protocol only sees that the names exist.)"""
+    runner = make()
+    members = [name for name in vars(Runner) if not name.startswith("_")]
+    assert {"host", "run", "put", "close"} <= set(members)
+    for name in members:
+        theirs, mine = inspect.getattr_static(Runner, name), inspect.getattr_static(type(runner), name)
+        if isinstance(theirs, property):
+            assert isinstance(mine, property), name
+            assert get_type_hints(mine.fget) == get_type_hints(theirs.fget), name
+        else:
+            assert inspect.signature(mine) == inspect.signature(theirs), name
+            assert get_type_hints(mine) == get_type_hints(theirs), name
+    assert runner.host == "n"

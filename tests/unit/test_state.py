@@ -17,13 +17,13 @@ from coreos_lab.state import (
     PREFIX,
     UNKNOWN_REVISION,
     EtcdKV,
-    InMemoryKV,
     RecordStore,
     UnitRecord,
     name_from_key,
     unit_key,
     update_record,
 )
+from coreos_lab.testing import InMemoryKV
 from coreos_lab.unitfile import UnitFile
 from tests.fleet_double import FIXTURES
 

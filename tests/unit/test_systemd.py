@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from datetime import UTC, datetime
 
@@ -16,10 +15,9 @@ from coreos_lab.systemd import (
     parse_list_units,
     parse_show,
     validate_drop_in_name,
-    validate_unit_name,
-    validate_unit_pattern,
 )
 from coreos_lab.testing import FakeRunner
+from coreos_lab.unitfile import check_unit_name, validate_unit_pattern
 
 SHOW_TWO = """\
 Id=etcd.service
@@ -61,7 +59,7 @@ UnitFileState=
     ],
 )
 def test_valid_unit_names(name: str) -> None:
-    assert validate_unit_name(name) == name
+    assert check_unit_name(name) == name
 
 
 @pytest.mark.parametrize(
@@ -87,14 +85,14 @@ def test_valid_unit_names(name: str) -> None:
 )
 def test_invalid_unit_names(name: str, why: str) -> None:
     with pytest.raises(UnitFileError, match=why):
-        validate_unit_name(name)
+        check_unit_name(name)
 
 
 def test_template_and_instance_restrictions() -> None:
     with pytest.raises(UnitFileError, match="an instance"):
-        validate_unit_name("a@b.service", allow_instance=False)
+        check_unit_name("a@b.service", allow_instance=False)
     with pytest.raises(UnitFileError, match="a template"):
-        validate_unit_name("a@.service", allow_template=False)
+        check_unit_name("a@.service", allow_template=False)
 
 
 def test_patterns_and_drop_ins() -> None:
@@ -114,7 +112,7 @@ def test_any_accepted_name_is_shell_inert(text: str) -> None:
     """Whatever passes validation quotes to itself: no shell metacharacters can survive the rules."""
     name = text + ".service"
     try:
-        validate_unit_name(name)
+        check_unit_name(name)
     except UnitFileError:
         return
     assert shlex.split(shlex.quote(name)) == [name]
@@ -262,57 +260,3 @@ def test_list_units_passes_pattern_after_double_dash() -> None:
     argv = shlex.split(runner.calls[0])
     assert argv[-2:] == ["--", "etcd*"]
     assert "--output=json" in argv
-
-
-# -- the CLI (`units`, `logs`) with fake nodes ------------------------------------------------------------
-
-
-def _cli_with(monkeypatch: pytest.MonkeyPatch, runners: dict[str, FakeRunner], *args: str) -> tuple[int, str, str]:
-    from typer.testing import CliRunner
-
-    import coreos_lab.cluster
-    from coreos_lab.cli import app
-    from coreos_lab.cluster import Cluster
-
-    monkeypatch.setattr(coreos_lab.cluster, "open_cluster", lambda **kwargs: Cluster(runners))
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def test_cli_units_table_json_and_a_failing_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    listing = '[{"unit":"etcd.service","load":"loaded","active":"active","sub":"running","description":"etcd"}]'
-    ok = FakeRunner("core-01", {r"list-units": listing})
-    down = FakeRunner("core-02", {r"list-units": (255, "", "ssh: connect refused")})
-    code, out, err = _cli_with(monkeypatch, {"core-01": ok, "core-02": down}, "units", "etcd*")
-    assert code == 1
-    assert out.splitlines()[0].split() == ["NODE", "UNIT", "LOAD", "ACTIVE", "SUB", "DESCRIPTION"]
-    assert out.splitlines()[1].split() == ["core-01", "etcd.service", "loaded", "active", "running", "etcd"]
-    assert err.startswith("error: core-02: command exited 255")
-    assert len(err.strip().splitlines()) == 1
-    code, out, _ = _cli_with(monkeypatch, {"core-01": ok}, "units", "--json")
-    assert code == 0
-    data = json.loads(out)
-    assert data == {"units": [{"node": "core-01", **json.loads(listing)[0]}], "errors": {}}
-
-
-def test_cli_units_and_logs_reject_bad_input_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = FakeRunner("core-01", default=(0, "", ""))
-    code, _, err = _cli_with(monkeypatch, {"core-01": runner}, "units", "$(reboot)")
-    assert code == 2
-    assert err.startswith("error: invalid unit pattern")
-    code, _, err = _cli_with(monkeypatch, {"core-01": runner}, "logs", "core-01", "a;b.service")
-    assert code == 2
-    assert err.startswith("error: invalid unit name")
-    code, _, err = _cli_with(monkeypatch, {"core-01": runner}, "logs", "core-09", "etcd.service")
-    assert code == 2
-    assert "no node named 'core-09'" in err
-    assert runner.calls == []
-
-
-def test_cli_logs_prints_journal(monkeypatch: pytest.MonkeyPatch) -> None:
-    journal = "2026-01-01T00:00:00+0000 core-01 etcd[1]: ready\n-- cursor: s=1\n"
-    runner = FakeRunner("core-01", {r"journalctl": journal})
-    code, out, err = _cli_with(monkeypatch, {"core-01": runner}, "logs", "core-01", "etcd.service", "-n", "3")
-    assert code == 0, err
-    assert out == "2026-01-01T00:00:00+0000 core-01 etcd[1]: ready\n"
-    assert "--lines=3" in runner.calls[0]

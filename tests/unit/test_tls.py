@@ -442,13 +442,15 @@ def test_tighten_fixes_a_wide_tls_dir(tmp_path: Path) -> None:
 def test_cli_init_tls_prints_no_key(tmp_path: Path) -> None:
     for extra in ([], ["--json"]):
         target = tmp_path / f"lab{len(extra)}"
-        result = CliRunner().invoke(app, ["--debug", "init", str(target), "--tls", "-n", "2", *extra])
+        result = CliRunner().invoke(app, ["--debug", "init", str(target), "--tls", "--instances", "2", *extra])
         assert result.exit_code == 0, result.stderr
         out = result.stdout + result.stderr
         assert "PRIVATE KEY" not in out
         assert "BEGIN" not in out
         assert "tls/ca-key.pem" in out
-        for pem in (target / "tls").rglob("*.pem"):
+        pems = sorted((target / "tls").rglob("*.pem"))
+        assert len(pems) == 4 + 2 * len(tls.NODE_FILES)  # CA, client and each node's files, keys included
+        for pem in pems:
             body = pem.read_text().splitlines()[1]
             assert body not in out
     assert "etcd TLS on" in CliRunner().invoke(app, ["render", "--lab", str(tmp_path / "lab0")]).stdout
@@ -458,7 +460,14 @@ def test_tls_keys_are_ec_p256(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
     init_lab(tmp_path, tls_lab(instances=1))
-    for path in (tmp_path / "tls").rglob("*-key.pem"):
+    paths = sorted((tmp_path / "tls").rglob("*-key.pem"))
+    assert [str(p.relative_to(tmp_path / "tls")) for p in paths] == [
+        "ca-key.pem",
+        "client-key.pem",
+        "core-01/peer-key.pem",
+        "core-01/server-key.pem",
+    ]
+    for path in paths:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         assert key.curve.name == "secp256r1"

@@ -1,4 +1,4 @@
-"""TLS wiring: the node-side etcdctl probe of ``up``, Cluster.etcd_client's http/https decision, unixhttp over TLS."""
+"""TLS wiring: the node-side etcdctl probe of ``up``, Cluster.etcd_client's http/https choice, TLS on a unix socket."""
 
 from __future__ import annotations
 
@@ -14,20 +14,29 @@ from pathlib import Path
 import pytest
 import requests
 
-from coreos_lab import tls
-from coreos_lab.cli import vm as vm_cli
+from coreos_lab import health, probe, tls
 from coreos_lab.cluster import ETCD_TLS_ENV, Cluster, lab_etcd_tls_dir, open_cluster
 from coreos_lab.config import LabConfig
 from coreos_lab.errors import ConfigError
 from coreos_lab.health import EtcdStatus
+from coreos_lab.http import UNIX_TLS_BASE_URL, TLSFiles, unix_session
 from coreos_lab.render import init_lab
 from coreos_lab.runner import LocalRunner
 from coreos_lab.testing import FakeRunner
-from coreos_lab.unixhttp import TLS_BASE_URL, TLSFiles, unix_session
 
-PROBE_OUT = (
-    "hostname=core-01\nips=10.0.2.15 192.168.56.101\nactive=active\nhealth=ok\n"
-    "member=8e9e05c52164694d, started, core-01, https://x:2380, https://x:2379, false\n"
+SEP = "@@coreos-lab@@\n"
+# What the probe with its etcd part prints on a healthy 1-node lab (sections as the node's shell writes them).
+PROBE_OUT = SEP.join(
+    [
+        "0123abcd\n",
+        "",
+        "core-01\n",
+        "10.0.2.15 192.168.56.101 ",
+        "",
+        "active\n",
+        "ok\n",
+        "8e9e05c52164694d, started, core-01, https://x:2380, https://x:2379, false\n",
+    ]
 )
 
 
@@ -40,7 +49,7 @@ def tls_lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- up's etcd health check on the nodes --------------------------------------------------------------------
 def test_probe_command_plain_lab_is_unchanged() -> None:
-    cmd = vm_cli.probe_command("etcd-member.service")
+    cmd = probe.probe_command(True, etcd_unit="etcd-member.service")
     assert "etcdctl --endpoints=http://127.0.0.1:2379 " in cmd
     assert "https" not in cmd
     assert "sudo" not in cmd
@@ -48,7 +57,7 @@ def test_probe_command_plain_lab_is_unchanged() -> None:
 
 
 def test_probe_command_tls_lab_uses_https_certs_and_sudo() -> None:
-    cmd = vm_cli.probe_command("etcd-member.service", tls=True)
+    cmd = probe.probe_command(True, etcd_unit="etcd-member.service", tls=True)
     assert "http://" not in cmd
     # Both etcdctl calls (health and member list): https, the node's client certificate, sudo -n (key is 0600 etcd).
     assert cmd.count("sudo -n etcdctl --endpoints=https://127.0.0.1:2379 ") == 2
@@ -61,15 +70,17 @@ def test_probe_cluster_runs_the_tls_probe_on_every_node() -> None:
     ok = FakeRunner("core-01", {r"sudo -n etcdctl --endpoints=https://127\.0\.0\.1:2379 --cacert=": PROBE_OUT})
     plain_only = FakeRunner("core-02", {r"etcdctl --endpoints=http://127\.0\.0\.1:2379 ": PROBE_OUT})
     cluster = Cluster({"core-01": ok, "core-02": plain_only})
-    health = vm_cli.probe_cluster(cluster, ["core-01", "core-02"], "etcd-member.service", tls=True)
-    assert health["core-01"].healthy
-    assert health["core-01"].started_members == 1
+    facts = probe.probe_nodes(cluster, etcd_unit="etcd-member.service", tls=True)
+    seen = facts["core-01"].etcd
+    assert seen is not None
+    assert seen.healthy
+    assert seen.started_members == 1
     # core-02 answers only the plain-http probe: the TLS probe did not match, so it is not reachable/healthy.
-    assert not health["core-02"].healthy
+    assert not facts["core-02"].reachable
     assert "https://127.0.0.1:2379" in ok.calls[0]
-    assert not vm_cli.cluster_ready(health, 1)
-    plain = vm_cli.probe_cluster(Cluster({"core-02": plain_only}), ["core-02"], "etcd-member.service")
-    assert plain["core-02"].healthy
+    assert not health.ready(facts, 1)
+    plain = probe.probe_nodes(Cluster({"core-02": plain_only}), etcd_unit="etcd-member.service")
+    assert health.ready(plain, 1)
 
 
 # -- the one decision: http or https --------------------------------------------------------------------------
@@ -123,7 +134,7 @@ def test_status_json_and_line_carry_tls() -> None:
     assert EtcdStatus(True, True, 1, 1, 1, "1").to_json()["tls"] is False
 
 
-# -- unixhttp over TLS against a real TLS server on a unix socket -------------------------------------------
+# -- http.unix_session over TLS against a real TLS server on a unix socket -------------------------------------
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -183,7 +194,7 @@ def test_unix_session_speaks_tls_with_client_cert(tls_lab: Path, tls_socket: str
     material = tls.client_material(tls_lab)
     assert material is not None
     session, base = unix_session(tls_socket, tls=TLSFiles(*material))
-    assert base == TLS_BASE_URL
+    assert base == UNIX_TLS_BASE_URL
     with session:
         for _ in range(2):  # the second request reuses the TLS connection
             answer = session.get(base + "/version", timeout=5)

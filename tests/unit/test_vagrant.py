@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from coreos_lab import vagrant
+from coreos_lab import health, probe, vagrant
 from coreos_lab.cli import vm as vm_cli
 from coreos_lab.errors import VagrantError
 
@@ -24,18 +24,23 @@ case "$1" in
     echo '1700000000,core-02,state,shutoff'
     ;;
   ssh-config)
-    if [ -n "$FAKE_SSH_CONFIG_FAIL" ]; then
+    shift
+    stopped=$(cat ssh-config-fails-for 2>/dev/null)  # a machine it cannot answer for, in the lab directory
+    if [ -n "$FAKE_SSH_CONFIG_FAIL" ] || { [ -n "$stopped" ] && echo " $* " | grep -q " $stopped "; }; then
       echo "The provider for this Vagrant-managed machine is reporting that it is not yet ready for SSH." >&2
       exit 1
     fi
-    shift
     for n in "$@"; do printf 'Host %s\n  HostName 127.0.0.1\n  User core\n  Port 22\n\n' "$n"; done
     ;;
   ssh)
     echo "ssh: connect to host 192.168.121.5 port 22: Connection refused" >&2
     exit 255
     ;;
+  box)
+    echo "==> box: Successfully added box 'coreos-lab/lab' (v0) for 'libvirt'!"
+    ;;
   up|halt|destroy|reload|provision)
+    if [ -n "$FAKE_HANG" ]; then exec sleep 30; fi
     echo "Bringing machine 'core-01' up with 'libvirt' provider..."
     echo "==> core-01: Creating domain with the following settings..."
     echo "==> core-01: Waiting for machine to boot. This may take a few minutes..."
@@ -63,6 +68,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.delenv("FAKE_FAIL", raising=False)
     monkeypatch.delenv("FAKE_SSH_CONFIG_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_HANG", raising=False)
     return log
 
 
@@ -112,6 +118,21 @@ def test_ssh_raises_with_stderr_instead_of_swallowing(fake: Path, lab: Path) -> 
         vagrant.VagrantLab(lab).ssh("core-01", "true")
 
 
+def test_box_add_streams_its_lines(fake: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    vagrant.box_add("coreos-lab/lab", tmp_path / "lab.box", force=True, on_line=lines.append)
+    assert calls(fake) == [f"box add --name coreos-lab/lab --force {tmp_path / 'lab.box'}"]
+    assert lines == ["==> box: Successfully added box 'coreos-lab/lab' (v0) for 'libvirt'!"]
+
+
+def test_a_vagrant_that_hangs_is_killed_at_its_timeout(fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_HANG", "1")
+    started = time.monotonic()
+    with pytest.raises(VagrantError, match=r"^vagrant provision did not finish within 0\.5s$"):
+        vagrant.VagrantLab(lab, timeout=0.5).provision()
+    assert time.monotonic() - started < 10
+
+
 def test_missing_vagrant_binary(tmp_path: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(VagrantError, match="vagrant is not installed") as info:
@@ -143,15 +164,63 @@ def test_ssh_config_is_one_process_cached_and_invalidated(fake: Path, lab: Path)
     ]
     assert calls(fake) == ["ssh-config core-01 core-02 core-03"]
     assert vagrant.ssh_config_text(lab) == text
-    assert len(calls(fake)) == 1  # served from <lab>/.coreos-lab/ssh-config
-    assert (lab / ".coreos-lab/ssh-config").read_text() == text
+    assert len(calls(fake)) == 1  # served from <lab>/.coreos-lab/ssh-config.json
+    cache = lab / ".coreos-lab/ssh-config.json"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
+    assert vagrant.ssh_config_text(lab, ["core-02"]).startswith("Host core-02\n")  # another request: asked once
+    assert vagrant.ssh_config_text(lab, ["core-02"]).startswith("Host core-02\n")
+    assert calls(fake)[1:] == ["ssh-config core-02"]
+    assert vagrant.ssh_config_text(lab) == text  # both requests kept
     make_machine(lab, "core-02", "recreated")  # a machine id changed: ask Vagrant again
     vagrant.ssh_config_text(lab)
-    assert len(calls(fake)) == 2
+    assert len(calls(fake)) == 3
     vagrant.VagrantLab(lab, provider="libvirt").halt(["core-01"])  # lifecycle commands drop the cache
-    assert not (lab / ".coreos-lab/ssh-config").exists()
+    assert not cache.exists()
     vagrant.ssh_config_text(lab)
     assert calls(fake)[-1] == "ssh-config core-01 core-02 core-03"
+
+
+@pytest.mark.parametrize("action", ["up", "halt", "destroy", "reload"])
+def test_every_lifecycle_command_drops_the_cache_even_when_it_fails(
+    fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    make_machine(lab, "core-01")
+    vagrant.ssh_config_text(lab)
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(VagrantError):
+        getattr(vagrant.VagrantLab(lab, provider="libvirt"), action)()
+    assert not (lab / ".coreos-lab/ssh-config.json").exists()
+
+
+def test_invalidate_also_removes_the_caches_of_earlier_versions(lab: Path) -> None:
+    state = lab / ".coreos-lab"
+    state.mkdir()
+    for name in ("ssh-config.json", "ssh-config", "ssh-config.key", "ssh_config"):
+        (state / name).write_text("x")
+    vagrant.invalidate(lab)
+    assert sorted(p.name for p in state.iterdir()) == ["ssh_config"]  # `coreos-lab ssh`'s file for ssh -F stays
+    vagrant.invalidate(lab / "never-existed")  # harmless
+
+
+@pytest.mark.parametrize(
+    "content", ["not json", "[]", '{"machine_ids": "other", "configs": {"*": "Host x\\n"}}', '{"configs": 3}']
+)
+def test_a_stale_or_garbled_cache_is_asked_again(fake: Path, lab: Path, content: str) -> None:
+    make_machine(lab, "core-01")
+    (lab / ".coreos-lab").mkdir()
+    (lab / ".coreos-lab/ssh-config.json").write_text(content)
+    assert vagrant.ssh_config_text(lab).startswith("Host core-01\n")
+    assert calls(fake) == ["ssh-config core-01"]
+
+
+def test_machine_ids_fingerprint_changes_with_ids(tmp_path: Path) -> None:
+    empty = vagrant.machine_ids_fingerprint(tmp_path)
+    make_machine(tmp_path, "a", "1")
+    one = vagrant.machine_ids_fingerprint(tmp_path)
+    make_machine(tmp_path, "b", "2")
+    assert len({empty, one, vagrant.machine_ids_fingerprint(tmp_path)}) == 3
+    assert vagrant.machine_ids_fingerprint(tmp_path) == vagrant.machine_ids_fingerprint(tmp_path)
 
 
 def test_ssh_config_falls_back_to_running_machines(fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,6 +231,18 @@ def test_ssh_config_falls_back_to_running_machines(fake: Path, lab: Path, monkey
         vagrant.ssh_config_text(lab)
     assert calls(fake)[:2] == ["ssh-config core-01 core-02", "status --machine-readable"]
     assert calls(fake)[-1] == "ssh-config core-01"  # only the running one is asked for the second time
+
+
+def test_the_running_machines_config_is_cached_while_one_is_stopped(fake: Path, lab: Path) -> None:
+    make_machine(lab, "core-01")
+    make_machine(lab, "core-02")
+    (lab / "ssh-config-fails-for").write_text("core-02")  # the stand-in fails while core-02 (shutoff) is asked
+    text = vagrant.ssh_config_text(lab)
+    assert text.startswith("Host core-01\n")
+    assert "core-02" not in text
+    assert calls(fake) == ["ssh-config core-01 core-02", "status --machine-readable", "ssh-config core-01"]
+    assert vagrant.ssh_config_text(lab) == text
+    assert len(calls(fake)) == 3  # not three Vagrant processes on every command
 
 
 def test_ssh_config_without_machines(fake: Path, lab: Path) -> None:
@@ -202,38 +283,52 @@ def test_phases() -> None:
     assert vm_cli.phase_of(" -- Memory:            1024M") is None
 
 
-PROBE = textwrap.dedent(
-    """\
-    hostname=core-01
-    ips=192.168.121.10 192.168.56.101
-    active=active
-    health=ok
-    member=1, started, core-01, http://192.168.56.101:2380, http://192.168.56.101:2379, false
-    member=2, started, core-02, http://192.168.56.102:2380, http://192.168.56.102:2379, false
-    member=3, unstarted, , http://192.168.56.103:2380, , false
-    """
+SEP = "@@coreos-lab@@\n"
+PROBE = SEP.join(
+    [
+        "0123abcd\n",
+        "role=web\n",
+        "core-01\n",
+        "192.168.121.10 192.168.56.101 ",
+        "",
+        "active\n",
+        "ok\n",
+        "1, started, core-01, http://192.168.56.101:2380, http://192.168.56.101:2379, false\n"
+        "2, started, core-02, http://192.168.56.102:2380, http://192.168.56.102:2379, false\n"
+        "3, unstarted, , http://192.168.56.103:2380, , false\n",
+    ]
 )
 
 
 def test_parse_probe_and_readiness() -> None:
-    h = vm_cli.parse_probe("core-01", PROBE)
-    assert h.ips == ("192.168.121.10", "192.168.56.101")
-    assert h.members[2] == ("", "unstarted")
-    assert h.started_members == 2
-    assert not vm_cli.cluster_ready({"core-01": h}, 3)
-    assert vm_cli.cluster_ready({"core-01": h}, 2)
-    down = vm_cli.NodeHealth(name="core-02", reachable=False, error="timed out")
-    assert not vm_cli.cluster_ready({"core-01": h, "core-02": down}, 2)
-    assert vm_cli.cluster_ready({"core-01": h}, 3, etcd=False)
-    unhealthy = vm_cli.parse_probe("core-01", PROBE.replace("health=ok", "health=bad"))
-    assert not vm_cli.cluster_ready({"core-01": unhealthy}, 2)
+    h = probe.parse_probe("core-01", PROBE)
+    assert h.addresses == ("192.168.121.10", "192.168.56.101")
+    assert h.etcd is not None
+    assert h.etcd.members[2] == ("", "unstarted")
+    assert h.etcd.started_members == 2
+    assert not health.ready({"core-01": h}, 3)
+    assert health.ready({"core-01": h}, 2)
+    down = probe.NodeFacts("core-02", False, error="timed out")
+    assert not health.ready({"core-01": h, "core-02": down}, 2)
+    assert health.ready({"core-01": h}, 3, etcd=False)
+    unhealthy = probe.parse_probe("core-01", PROBE.replace("ok\n", "bad\n"))
+    assert not health.ready({"core-01": unhealthy}, 2)
+    # Without the etcd part (deploy's probe) a node is reachable but says nothing of etcd: never "ready".
+    plain = probe.parse_probe("core-01", SEP.join(PROBE.split(SEP)[:5]))
+    assert plain.etcd is None
+    assert not health.ready({"core-01": plain}, 1)
+    assert health.ready({"core-01": plain}, 1, etcd=False)
 
 
 def test_probe_command_quotes_nothing_from_outside() -> None:
-    cmd = vm_cli.probe_command("etcd-member.service")
+    cmd = probe.probe_command(True, etcd_unit="etcd-member.service")
     assert "systemctl is-active etcd-member.service" in cmd
     assert cmd.endswith("true")
     assert os.linesep not in cmd
+    # Without the etcd part it starts no systemctl/etcdctl, and without addresses no `ip` either.
+    assert "etcdctl" not in probe.probe_command(True)
+    assert "systemctl" not in probe.probe_command(True)
+    assert "ip -4" not in probe.probe_command(False)
 
 
 def test_explain_failure_takes_the_message_out_of_a_ruby_crash() -> None:

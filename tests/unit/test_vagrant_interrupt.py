@@ -19,9 +19,8 @@ DRIVER = """
 import sys
 from pathlib import Path
 from coreos_lab import vagrant
-vagrant.INTERRUPT_GRACE = float(sys.argv[3])
+vagrant.INTERRUPT_GRACE = float(sys.argv[2])
 lab = vagrant.VagrantLab(Path(sys.argv[1]))
-lab._exe = sys.argv[2]
 try:
     lab.up(parallel=False, on_line=lambda line: print("line:", line, flush=True))
 except KeyboardInterrupt:
@@ -63,10 +62,10 @@ def start(tmp_path: Path, script: str, grace: float) -> tuple[subprocess.Popen[s
     log = tmp_path / "log"
     log.touch()
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(lab), str(exe), str(grace)],
+        [sys.executable, "-c", DRIVER, str(lab), str(grace)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "LOG": str(log)},
+        env={**os.environ, "LOG": str(log), "PATH": f"{tmp_path}:{os.environ['PATH']}"},  # the stand-in is `vagrant`
     )
     deadline = time.monotonic() + 20
     while "started" not in log.read_text():

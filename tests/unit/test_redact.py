@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from coreos_lab.cli import app
 from coreos_lab.config import CONFIG_NAME, load
 from coreos_lab.discovery import SERVICE_ENV
-from coreos_lab.secrets import MaskingFormatter, install_log_masking, mask_text, mask_token
+from coreos_lab.redact import MaskingFormatter, install_log_masking, mask_text, mask_token
 
 from .test_discovery import TOKEN, FakeService, Reply, service  # noqa: F401 - fixture
 
@@ -78,7 +78,7 @@ def test_masking_formatter_covers_args_and_tracebacks() -> None:
 
 
 def test_install_log_masking_is_idempotent() -> None:
-    logger = logging.getLogger("coreos_lab.test_secrets")
+    logger = logging.getLogger("coreos_lab.test_redact")
     handler = logging.StreamHandler()
     logger.addHandler(handler)
     try:

@@ -1,0 +1,189 @@
+"""The fleet backend: where fleetd runs (old CoreOS, or a user's own fleet), units go through its API.
+
+Exactly as ``fleetctl --endpoint`` does: fleet keeps the desired state and schedules; we only submit and watch.
+The answers are the same result types as the systemd backend's (:mod:`coreos_lab.units.results`); a node is a
+fleet machine (``NodeOutcome.node`` is its machine ID). :class:`FleetBackend` is the same as a
+:class:`~coreos_lab.units.base.UnitBackend`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from coreos_lab import fleet
+from coreos_lab.errors import UsageError
+from coreos_lab.unitfile import UnitFile, XFleet, file_name, validate_unit_name
+from coreos_lab.units.results import (
+    ACTIVE_STATES,
+    DeployOutcome,
+    DeployStatus,
+    Listing,
+    NodeOutcome,
+    StateChange,
+    UndeployOutcome,
+)
+
+if TYPE_CHECKING:
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.fleet import FleetClient, FleetUnitState
+
+
+def machine_outcomes(client: FleetClient, name: str) -> tuple[NodeOutcome, ...]:
+    ips = {m.id: m.primary_ip for m in client.machines()}
+    return tuple(
+        NodeOutcome(
+            s.machine_id,
+            ips.get(s.machine_id, ""),
+            s.active_state == "active",
+            s.active_state,
+            s.sub_state,
+            None if s.active_state == "active" else f"{name} is {s.active_state}/{s.sub_state}",
+        )
+        for s in client.states(unit_name=name)
+        if s.name == name
+    )
+
+
+def wait(
+    client: FleetClient, name: str, desired: str, timeout: float, interval: float = 0.5
+) -> tuple[NodeOutcome, ...]:
+    """Poll fleet's /state until every machine's copy of ``name`` is active or failed (launched), or not
+    active (loaded); bounded by ``timeout`` (what is known then is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcomes = machine_outcomes(client, name)
+        if desired == "launched":
+            done = bool(outcomes) and all(o.active_state in ("active", "failed") for o in outcomes)
+        else:
+            done = all(o.active_state not in ACTIVE_STATES for o in outcomes)
+        if done or time.monotonic() >= deadline:
+            return outcomes
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def deploy(client: FleetClient, units: Sequence[UnitFile], *, timeout: float = 30.0) -> tuple[DeployOutcome, ...]:
+    """``fleetctl start UNIT_FILE...``: submit (or reuse identical) units with desired state launched, then wait."""
+    for u in units:
+        file_name(u.name or "")
+        XFleet.from_unit(u)
+    out = []
+    for u in units:
+        name = u.name or ""
+        existing = client.unit(name)
+        if existing is not None and existing.desired_state == "launched" and existing.hash == u.hash:
+            nodes = machine_outcomes(client, name)
+            out.append(DeployOutcome(name, u.hash, "unchanged", nodes, "identical content is already launched"))
+            continue
+        client.ensure_unit(u, "launched")  # refuses different content, like fleetctl
+        nodes = wait(client, name, "launched", timeout)
+        if not nodes:
+            nodes = (NodeOutcome("", "", False, error=f"fleet did not schedule {name} within {timeout:g}s"),)
+        status: DeployStatus = "launched" if any(n.ok for n in nodes) else "failed"
+        out.append(DeployOutcome(name, u.hash, status, nodes))
+    return tuple(out)
+
+
+def undeploy(client: FleetClient, names: Sequence[str]) -> tuple[UndeployOutcome, ...]:
+    """``fleetctl destroy``: DELETE each unit (fleet stops it on its machines). Idempotent."""
+    for n in names:
+        validate_unit_name(n)
+    out = []
+    for name in names:
+        destroyed = client.destroy(name)
+        out.append(UndeployOutcome(name, destroyed, destroyed))
+    return tuple(out)
+
+
+def set_state(
+    client: FleetClient, name: str, desired: Literal["launched", "loaded"], *, timeout: float = 30.0
+) -> StateChange:
+    """``fleetctl start|stop UNIT`` on a unit fleet already has."""
+    current = client.unit(name)
+    if current is None:
+        raise UsageError(f"unit {name} is not deployed (deploy it first)")
+    client.set_desired_state(name, desired)
+    nodes = wait(client, name, desired, timeout)
+    if desired == "loaded":
+        nodes = tuple(replace(n, ok=n.active_state not in ACTIVE_STATES, error=None) for n in nodes)
+    return StateChange(name, desired, current.desired_state != desired, nodes)
+
+
+def _state_json(s: FleetUnitState) -> dict[str, Any]:
+    """A fleet unit state as JSON (fleet's own field names)."""
+    return {
+        "name": s.name,
+        "machineID": s.machine_id,
+        "hash": s.hash,
+        "systemdLoadState": s.load_state,
+        "systemdActiveState": s.active_state,
+        "systemdSubState": s.sub_state,
+    }
+
+
+class FleetBackend:
+    """A :class:`~coreos_lab.units.base.UnitBackend` over fleet's API; ``cluster`` is None for an http endpoint."""
+
+    name: Final = "fleet"
+
+    def __init__(self, client: FleetClient, cluster: Cluster | None = None) -> None:
+        self.client = client
+        self.cluster = cluster
+
+    def deploy(
+        self, units: Sequence[UnitFile], *, timeout: float = 30.0, settle: float | None = None
+    ) -> tuple[DeployOutcome, ...]:
+        return deploy(self.client, units, timeout=timeout)  # fleet judges a start itself: no settle watch
+
+    def undeploy(self, names: Sequence[str]) -> tuple[UndeployOutcome, ...]:
+        return undeploy(self.client, names)
+
+    def set_state(self, name: str, desired: Literal["launched", "loaded"], *, timeout: float = 30.0) -> StateChange:
+        return set_state(self.client, name, desired, timeout=timeout)
+
+    def where(self, outcome: NodeOutcome) -> str:
+        """A machine as fleetctl names it in its messages (``3d1219c7.../10.0.0.1``)."""
+        return fleet.machine_cell(outcome.node, outcome.ip) if outcome.node else "-"
+
+    def list_units(self, *, full: bool = False) -> Listing:
+        """``fleetctl list-units``: UNIT MACHINE ACTIVE SUB from fleet's unit states."""
+        states, machines = self.client.states(), self.client.machines()
+        ips = {m.id: m.primary_ip for m in machines}
+        rows = tuple(
+            (s.name, fleet.machine_cell(s.machine_id, ips.get(s.machine_id), full), s.active_state, s.sub_state)
+            for s in sorted(states, key=lambda s: (s.name, s.machine_id))
+        )
+        return Listing(_upper(fleet.UNIT_COLUMNS), rows, tuple(_state_json(s) for s in states), fleetctl=True)
+
+    def list_unit_files(self, *, full: bool = False) -> Listing:
+        """``fleetctl list-unit-files``: UNIT HASH DSTATE STATE TARGET (global units: ``-`` and ``global``)."""
+        units, machines = self.client.units(), self.client.machines()
+        ips = {m.id: m.primary_ip for m in machines}
+        rows = []
+        for u in sorted(units, key=lambda u: u.name):
+            is_global = fleet.is_global_unit(u)
+            target = "global" if is_global else fleet.machine_cell(u.machine_id, ips.get(u.machine_id or ""), full)
+            state = None if is_global else u.current_state
+            rows.append((u.name, fleet.short_hash(u.hash, full), u.desired_state, state, target))
+        records = tuple({**u.to_json(), "hash": u.hash} for u in units)
+        return Listing(_upper(fleet.UNIT_FILE_COLUMNS), tuple(rows), records, fleetctl=True)
+
+    def list_machines(self, *, full: bool = False) -> Listing:
+        """``fleetctl list-machines``: MACHINE IP METADATA."""
+        machines = self.client.machines()
+        rows = tuple(
+            (
+                fleet.short_machine_id(m.id, full),
+                m.primary_ip,
+                ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())),
+            )
+            for m in sorted(machines, key=lambda m: m.id)
+        )
+        records = tuple({"id": m.id, "ip": m.primary_ip, "metadata": dict(m.metadata)} for m in machines)
+        return Listing(_upper(fleet.MACHINE_COLUMNS), rows, records, fleetctl=True)
+
+
+def _upper(columns: Sequence[str]) -> tuple[str, ...]:
+    return tuple(c.upper() for c in columns)
