@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from coreos_lab.config import DISCOVERY_SERVICE, DISCOVERY_SERVICE_ENV, URL_RE, LabConfig
@@ -180,13 +180,15 @@ def resolve(
       (default: $COREOS_LAB_DISCOVERY_SERVICE, else the public service);
     - self-hosted: keep a given URL, else create a token on the etcd at ``endpoint``.
     """
+    # ``cfg`` is validated (as a draft) by the caller, and the URL a service hands back is checked where it is
+    # fetched: nothing here needs validating again.
     if cfg.bootstrap == "static":
-        return cfg.with_changes(discovery_url=None)
+        return replace(cfg, discovery_url=None)
     if cfg.discovery_url is not None:
-        return cfg.with_changes()
+        return cfg
     if cfg.bootstrap == "discovery":
         url = new_token(cfg.instances, service or os.environ.get(SERVICE_ENV) or DEFAULT_SERVICE, policy=policy)
     else:
         # A self-hosted draft names its endpoint: config.validate's rule (without one, the URL check refuses "").
         url = create_self_hosted(endpoint or "", cfg.instances, policy=policy)
-    return cfg.with_changes(discovery_url=url)
+    return replace(cfg, discovery_url=url)

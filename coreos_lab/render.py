@@ -33,7 +33,7 @@ from typing import Any, Final
 import jinja2
 
 from coreos_lab import config as config_mod
-from coreos_lab import discovery, pickup, tls
+from coreos_lab import discovery, nodeshell, pickup, tls
 from coreos_lab.config import CONFIG_NAME, VBOX_ALLOWED, LabConfig, NodeSpec
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 from coreos_lab.fsutil import deferred_interrupt
@@ -43,7 +43,6 @@ from coreos_lab.pickup import Ignition, RawScalar, UserCloudConfig, UserData
 HEADER: Final = pickup.HEADER
 CLOUD_CONFIG_DIR: Final = pickup.CLOUD_CONFIG_DIR  # cloud-config/<node>.yaml
 GUEST_USER_DATA_DIRS: Final = pickup.GUEST_USER_DATA_DIRS
-METADATA_PATH: Final = "/etc/coreos-lab/metadata"
 LAB_BOX: Final = "coreos-lab/lab"
 RENDERED_TOP: Final = ("Vagrantfile", "config.rb")
 CLIENT_PORT: Final = 2379
@@ -363,6 +362,7 @@ def render_lab_merged(
             guest_dir=GUEST_USER_DATA_DIRS[cfg.os],
             records=records,
             merged=user_data is not None,
+            metadata_path=nodeshell.METADATA_PATH,
             metadata_text=metadata_text(node),
             fleet_metadata=fleet_metadata,
             etcd_env=etcd_environment(cfg, node) if cfg.os == "flatcar" else [],

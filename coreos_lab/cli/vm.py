@@ -144,12 +144,6 @@ def _check_nodes(cfg: labconfig.LabConfig, nodes: Sequence[str]) -> list[str]:
     return list(nodes)
 
 
-def _invalidate_cluster_cache(path: Path) -> None:
-    from coreos_lab import vagrant
-
-    vagrant.invalidate(path)
-
-
 NODES_ARG = typer.Argument(None, help="Nodes (default: all of the lab's).")
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Stream Vagrant's own output.")
 
@@ -179,13 +173,11 @@ def up(
     interrupted = False
     with Progress(targets, verbose) as progress:
         try:
-            vm.up(chosen or None, parallel=parallel, on_line=progress.line)
+            vm.up(chosen or None, parallel=parallel, on_line=progress.line)  # drops the ssh-config cache itself
         except KeyboardInterrupt:
             # Vagrant got its SIGINT and finished its own clean-up (coreos_lab.vagrant); the lab's files
             # were not touched: say how to go on.
             interrupted = True
-        finally:
-            _invalidate_cluster_cache(path)
         if interrupted:  # said by the CLI's boundary, after the progress display has stopped
             raise KeyboardInterrupt(
                 "interrupted: vagrant up stopped after its clean-up; run 'coreos-lab up' to go on "
@@ -277,10 +269,7 @@ def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kw
     vm = _vagrant(path, cfg)
     start = time.monotonic()
     with Progress(chosen or [n.name for n in cfg.nodes], verbose) as progress:
-        try:
-            getattr(vm, action)(chosen or None, on_line=progress.line, **kwargs)
-        finally:
-            _invalidate_cluster_cache(path)
+        getattr(vm, action)(chosen or None, on_line=progress.line, **kwargs)  # drops the ssh-config cache itself
     typer.echo(f"{action}: done in {time.monotonic() - start:.0f}s")
 
 

@@ -38,7 +38,7 @@ from typer.testing import CliRunner
 
 from coreos_lab import discovery
 from coreos_lab.cli import app
-from coreos_lab.config import CONFIG_NAME, LabConfig
+from coreos_lab.config import CONFIG_NAME, SETTINGS, LabConfig
 from coreos_lab.errors import CoreosLabError, DiscoveryError
 from coreos_lab.etcd import EtcdClient, cluster_health
 from coreos_lab.fleet import FleetClient, HTTPAnswer
@@ -453,7 +453,7 @@ toml_values = st.one_of(
         ]
     ),
 )
-toml_keys = st.one_of(st.sampled_from(sorted(LabConfig.__dataclass_fields__)), st.sampled_from(["bogus", "a.b", '"q"']))
+toml_keys = st.one_of(st.sampled_from(sorted(SETTINGS)), st.sampled_from(["bogus", "a.b", '"q"']))
 
 
 @st.composite
