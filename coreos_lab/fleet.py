@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from coreos_lab.errors import FleetError, UnitFileError
@@ -261,13 +261,14 @@ class RequestsTransport:
             raise FleetError(f"fleet endpoint {base_url!r}: expected http://HOST:PORT or unix:///PATH")
 
     def request(self, method: str, path: str, body: bytes | None, timeout: float) -> HTTPAnswer:
-        from coreos_lab.http import RequestException
+        from coreos_lab.http import RequestException, short_reason
 
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
             resp = self.session.request(method, self.base + path, data=body, headers=headers, timeout=timeout)
         except RequestException as exc:
-            raise FleetError(f"cannot reach fleet at {self.base}: {exc.__class__.__name__}: {exc}") from None
+            # One line naming the URL, as fleetctl does ("dial tcp ...: connect: connection refused").
+            raise FleetError(f"cannot reach fleet at {self.base} ({method} {path}): {short_reason(exc)}") from None
         return HTTPAnswer(resp.status_code, resp.content)
 
 
@@ -294,6 +295,13 @@ class RunnerTransport:
         if not mark or not code.strip().isdigit():
             raise FleetError(f"fleet on {self.runner.host}: could not read curl's answer for {method} {path}")
         return HTTPAnswer(int(code.strip()), out.encode("utf-8"))
+
+
+class _Unread:
+    """The default of ``ensure_unit(existing=...)``: the unit has not been read yet."""
+
+
+UNREAD: Final = _Unread()
 
 
 # ---- the client ----------------------------------------------------------------------------------------------
@@ -398,15 +406,25 @@ class FleetClient:
         _check_state(desired_state)
         self._call("PUT", self._unit_path(name), body={"desiredState": desired_state}, ok=(204,))
 
-    def ensure_unit(self, unit: UnitFile, desired_state: str, name: str | None = None) -> bool:
+    def ensure_unit(
+        self,
+        unit: UnitFile,
+        desired_state: str,
+        name: str | None = None,
+        *,
+        existing: FleetUnit | _Unread | None = UNREAD,
+    ) -> bool:
         """Create ``unit`` or move it to ``desired_state``; True when it was created.
 
         Like fleetctl, refuses to silently replace a unit whose content differs (destroy it first).
+        ``existing``: what ``unit(name)`` answered a moment ago (None: fleet has no such unit), so it is not
+        fetched a second time before the PUT.
         """
         uname = name or unit.name
         if not uname:
             raise FleetError("ensure_unit: the unit has no name")
-        existing = self.unit(uname)
+        if isinstance(existing, _Unread):
+            existing = self.unit(uname)
         if existing is None:
             self.create_unit(unit, desired_state, uname)
             return True

@@ -51,6 +51,7 @@ __all__ = [
     "response_socket",
     "retries",
     "session",
+    "short_reason",
     "unix_session",
 ]
 
@@ -131,6 +132,31 @@ def is_timeout(exc: RequestException) -> bool:
         return True
     cause = exc.args[0] if exc.args else None
     return isinstance(cause, MaxRetryError) and isinstance(cause.reason, ReadTimeoutError)
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words: the socket's own reason where there is one.
+
+    requests wraps it three deep (``ConnectionError(MaxRetryError(reason=NewConnectionError(...)))``, each
+    text quoting the last), so this walks the causes to the ``OSError`` at the bottom.
+
+    >>> short_reason(ConnectError(MaxRetryError(None, "/x", ConnectionRefusedError(111, "Connection refused"))))
+    'connection refused'
+    """
+    if isinstance(exc, RequestException) and is_timeout(exc):
+        return "no answer within the timeout"
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        err = todo.pop(0)
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror[0].lower() + err.strerror[1:]
+        nested = [err.__cause__, err.__context__, getattr(err, "reason", None), *err.args]
+        todo += [e for e in nested if isinstance(e, BaseException)]
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 class _RetryWarningsToDebug(logging.Filter):

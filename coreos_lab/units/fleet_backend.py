@@ -9,7 +9,7 @@ fleet machine (``NodeOutcome.node`` is its machine ID). :class:`FleetBackend` is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -32,8 +32,19 @@ if TYPE_CHECKING:
 
 
 def machine_outcomes(client: FleetClient, name: str) -> tuple[NodeOutcome, ...]:
-    ips = {m.id: m.primary_ip for m in client.machines()}
-    return tuple(
+    """Each machine's copy of ``name``, from fleet's /state (and /machines for the addresses)."""
+    return _poll(client, name, None)[0]
+
+
+def _poll(
+    client: FleetClient, name: str, ips: Mapping[str, str] | None
+) -> tuple[tuple[NodeOutcome, ...], Mapping[str, str]]:
+    """:func:`machine_outcomes` with ``ips`` (machine ID -> IP) kept by the caller between polls: /machines is
+    asked again only when a state names a machine ``ips`` does not hold."""
+    states = [s for s in client.states(unit_name=name) if s.name == name]
+    if ips is None or any(s.machine_id not in ips for s in states):
+        ips = {m.id: m.primary_ip for m in client.machines()}
+    outcomes = tuple(
         NodeOutcome(
             s.machine_id,
             ips.get(s.machine_id, ""),
@@ -42,19 +53,21 @@ def machine_outcomes(client: FleetClient, name: str) -> tuple[NodeOutcome, ...]:
             s.sub_state,
             None if s.active_state == "active" else f"{name} is {s.active_state}/{s.sub_state}",
         )
-        for s in client.states(unit_name=name)
-        if s.name == name
+        for s in states
     )
+    return outcomes, ips
 
 
 def wait(
     client: FleetClient, name: str, desired: str, timeout: float, interval: float = 0.5
 ) -> tuple[NodeOutcome, ...]:
     """Poll fleet's /state until every machine's copy of ``name`` is active or failed (launched), or not
-    active (loaded); bounded by ``timeout`` (what is known then is returned)."""
+    active (loaded); bounded by ``timeout`` (what is known then is returned). /machines is read once, and
+    again only when the unit shows up on a machine not seen yet."""
     deadline = time.monotonic() + timeout
+    ips: Mapping[str, str] | None = None
     while True:
-        outcomes = machine_outcomes(client, name)
+        outcomes, ips = _poll(client, name, ips)
         if desired == "launched":
             done = bool(outcomes) and all(o.active_state in ("active", "failed") for o in outcomes)
         else:
@@ -77,7 +90,7 @@ def deploy(client: FleetClient, units: Sequence[UnitFile], *, timeout: float = 3
             nodes = machine_outcomes(client, name)
             out.append(DeployOutcome(name, u.hash, "unchanged", nodes, "identical content is already launched"))
             continue
-        client.ensure_unit(u, "launched")  # refuses different content, like fleetctl
+        client.ensure_unit(u, "launched", existing=existing)  # refuses different content, like fleetctl
         nodes = wait(client, name, "launched", timeout)
         if not nodes:
             nodes = (NodeOutcome("", "", False, error=f"fleet did not schedule {name} within {timeout:g}s"),)

@@ -630,3 +630,57 @@ def test_cli_drives_fleet_like_fleetctl(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["list-units", "--backend", "fleet", "--fleet-endpoint", "ftp://x"])
     assert bad.exit_code == 2
     assert bad.output.startswith("error: --fleet-endpoint must be http://HOST:PORT or unix:///PATH")
+
+
+def test_fleet_deploy_asks_for_the_unit_once_and_the_machines_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14's tidy-up: one GET of the unit before the PUT, /machines once per wait (not on every poll)."""
+    from collections import Counter
+
+    from coreos_lab.fleet import FleetClient
+    from coreos_lab.units import fleet_backend
+    from tests.fleet_double import running_double
+
+    calls: Counter[str] = Counter()
+    for name in ("machines", "unit", "states"):
+        original = getattr(FleetClient, name)
+
+        def counted(self: FleetClient, *a: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(FleetClient, name, counted)
+    with running_double() as fd:
+        [out] = fleet_backend.deploy(FleetClient(fd.url), [unit("tidy.service", HELLO)], timeout=5)
+    assert out.status == "launched", out
+    assert [n.ip for n in out.nodes] == ["127.0.0.1"]
+    assert calls["unit"] == 1
+    assert calls["machines"] == 1
+
+
+def test_fleet_wait_reads_the_machines_again_only_for_a_machine_it_has_not_seen() -> None:
+    from types import SimpleNamespace
+
+    from coreos_lab.units import fleet_backend
+
+    def state(machine: str, active: str) -> Any:
+        return SimpleNamespace(name="w.service", machine_id=machine, active_state=active, sub_state="x")
+
+    class Fleet:
+        """Three polls: activating on m1, then also on m2 (a machine that joined), then active on both."""
+
+        def __init__(self) -> None:
+            self.polls = [[state("m1", "activating")], [state("m1", "activating"), state("m2", "activating")]]
+            self.polls.append([state("m1", "active"), state("m2", "active")])
+            self.machine_calls = 0
+
+        def states(self, unit_name: str) -> list[Any]:
+            return self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
+
+        def machines(self) -> list[Any]:
+            self.machine_calls += 1
+            return [SimpleNamespace(id="m1", primary_ip="10.0.0.1"), SimpleNamespace(id="m2", primary_ip="10.0.0.2")]
+
+    fleet = Fleet()
+    out = fleet_backend.wait(fleet, "w.service", "launched", timeout=5, interval=0.01)  # type: ignore[arg-type]
+    assert [(o.node, o.ip, o.ok) for o in out] == [("m1", "10.0.0.1", True), ("m2", "10.0.0.2", True)]
+    assert fleet.machine_calls == 1  # three polls, one /machines: m2 was already in the first answer
