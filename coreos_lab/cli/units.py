@@ -49,6 +49,9 @@ SETTLE_OPTION = typer.Option(
 )
 FULL_OPTION = typer.Option(False, "--full", "-l", help="Do not shorten hashes.")
 NO_LEGEND_OPTION = typer.Option(False, "--no-legend", help="Do not print the column headers.")
+FIELDS_OPTION = typer.Option(
+    None, "--fields", help="Columns to print, comma-separated, as fleetctl names them (e.g. unit,machine,active)."
+)
 UNIT_ARG = typer.Argument(..., help="Unit name, e.g. myapp.service.")
 UNITS_ARG = typer.Argument(..., help="Unit names.")
 UNIT_FILES_ARG = typer.Argument(..., help="Unit files; the file name is the unit name.")
@@ -56,7 +59,11 @@ BACKEND_OPTION = typer.Option(
     "auto", "--backend", help="auto (fleet when the nodes run fleetd, else systemd), fleet or systemd."
 )
 FLEET_ENDPOINT_OPTION = typer.Option(
-    None, "--fleet-endpoint", help="fleet API: http://HOST:PORT, or unix:///var/run/fleet.sock on a node (over SSH)."
+    None,
+    "--fleet-endpoint",
+    "--endpoint",  # fleetctl's spelling, and its environment variable
+    envvar="FLEETCTL_ENDPOINT",
+    help="fleet API: http://HOST:PORT, or unix:///var/run/fleet.sock on a node (over SSH).",
 )
 
 unit_app = typer.Typer(name="unit", help="Start, stop, show or inspect one deployed unit.", no_args_is_help=True)
@@ -94,6 +101,8 @@ def _emit_listing(listing: Listing, *, as_json: bool, legend: bool) -> None:
         )
         for problem in listing.problems:
             report_problem(problem)
+        for note in listing.notes:
+            typer.echo(note, err=True)
     if listing.problems:
         raise typer.Exit(1)
 
@@ -202,6 +211,7 @@ def list_units_cmd(
     as_json: bool = JSON_OPTION,
     full: bool = typer.Option(False, "--full", "-l", help="With the fleet backend: full machine IDs."),
     no_legend: bool = NO_LEGEND_OPTION,
+    fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
@@ -210,8 +220,11 @@ def list_units_cmd(
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Deployed units where they run: UNIT MACHINE ACTIVE SUB (desired state from etcd, live state from systemd)."""
+    from coreos_lab.units.results import parse_fields
+
+    chosen = parse_fields("list-units", fields) if fields is not None else None  # checked before any node is asked
     with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
-        listing = b.list_units(full=full)
+        listing = b.list_units(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
 
@@ -219,6 +232,7 @@ def list_unit_files_cmd(
     as_json: bool = JSON_OPTION,
     full: bool = FULL_OPTION,
     no_legend: bool = NO_LEGEND_OPTION,
+    fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
@@ -227,8 +241,11 @@ def list_unit_files_cmd(
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Deployed unit files: UNIT HASH DSTATE STATE TARGET."""
+    from coreos_lab.units.results import parse_fields
+
+    chosen = parse_fields("list-unit-files", fields) if fields is not None else None  # checked before any node is asked
     with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
-        listing = b.list_unit_files(full=full)
+        listing = b.list_unit_files(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
 
@@ -236,6 +253,7 @@ def list_machines_cmd(
     as_json: bool = JSON_OPTION,
     full: bool = typer.Option(False, "--full", "-l", help="Also show each node's machine ID."),
     no_legend: bool = NO_LEGEND_OPTION,
+    fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
@@ -244,8 +262,11 @@ def list_machines_cmd(
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """The nodes: MACHINE IP METADATA (exit 1 when a node cannot be reached)."""
+    from coreos_lab.units.results import parse_fields
+
+    chosen = parse_fields("list-machines", fields) if fields is not None else None  # checked before any node is asked
     with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
-        listing = b.list_machines(full=full)
+        listing = b.list_machines(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
 

@@ -18,12 +18,15 @@ from coreos_lab.errors import UsageError
 from coreos_lab.unitfile import UnitFile, XFleet, file_name, validate_unit_name
 from coreos_lab.units.results import (
     ACTIVE_STATES,
+    TMACHINE_WARNING,
     DeployOutcome,
     DeployStatus,
     Listing,
     NodeOutcome,
     StateChange,
     UndeployOutcome,
+    parse_fields,
+    pick,
 )
 
 if TYPE_CHECKING:
@@ -160,43 +163,68 @@ class FleetBackend:
         """A machine as fleetctl names it in its messages (``3d1219c7.../10.0.0.1``)."""
         return fleet.machine_cell(outcome.node, outcome.ip) if outcome.node else "-"
 
-    def list_units(self, *, full: bool = False) -> Listing:
-        """``fleetctl list-units``: UNIT MACHINE ACTIVE SUB from fleet's unit states."""
+    def list_units(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """``fleetctl list-units``: UNIT MACHINE ACTIVE SUB (or ``fields``) from fleet's unit states."""
         states, machines = self.client.states(), self.client.machines()
         ips = {m.id: m.primary_ip for m in machines}
-        rows = tuple(
-            (s.name, fleet.machine_cell(s.machine_id, ips.get(s.machine_id), full), s.active_state, s.sub_state)
+        rows = [
+            {
+                "unit": s.name,
+                "machine": fleet.machine_cell(s.machine_id, ips.get(s.machine_id), full),
+                "active": s.active_state,
+                "sub": s.sub_state,
+                "load": s.load_state,
+                "hash": fleet.short_hash(s.hash, full),
+            }
             for s in sorted(states, key=lambda s: (s.name, s.machine_id))
-        )
-        return Listing(_upper(fleet.UNIT_COLUMNS), rows, tuple(_state_json(s) for s in states), fleetctl=True)
+        ]
+        columns, cells = pick(fields or parse_fields("list-units", None), rows)
+        return Listing(columns, cells, tuple(_state_json(s) for s in states), fleetctl=True)
 
-    def list_unit_files(self, *, full: bool = False) -> Listing:
-        """``fleetctl list-unit-files``: UNIT HASH DSTATE STATE TARGET (global units: ``-`` and ``global``)."""
+    def list_unit_files(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """``fleetctl list-unit-files``: UNIT HASH DSTATE STATE TARGET (or ``fields``); a global unit shows
+        ``-`` as STATE and ``global`` as TARGET, as fleetctl does."""
         units, machines = self.client.units(), self.client.machines()
         ips = {m.id: m.primary_ip for m in machines}
         rows = []
         for u in sorted(units, key=lambda u: u.name):
             is_global = fleet.is_global_unit(u)
-            target = "global" if is_global else fleet.machine_cell(u.machine_id, ips.get(u.machine_id or ""), full)
-            state = None if is_global else u.current_state
-            rows.append((u.name, fleet.short_hash(u.hash, full), u.desired_state, state, target))
-        records = tuple({**u.to_json(), "hash": u.hash} for u in units)
-        return Listing(_upper(fleet.UNIT_FILE_COLUMNS), tuple(rows), records, fleetctl=True)
-
-    def list_machines(self, *, full: bool = False) -> Listing:
-        """``fleetctl list-machines``: MACHINE IP METADATA."""
-        machines = self.client.machines()
-        rows = tuple(
-            (
-                fleet.short_machine_id(m.id, full),
-                m.primary_ip,
-                ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())),
+            machine = fleet.machine_cell(u.machine_id, ips.get(u.machine_id or ""), full)
+            rows.append(
+                {
+                    "unit": u.name,
+                    "hash": fleet.short_hash(u.hash, full),
+                    "dstate": u.desired_state,
+                    "state": None if is_global else u.current_state,
+                    "target": "global" if is_global else machine,
+                    "tmachine": "global" if is_global else machine,
+                    "global": "true" if is_global else "false",
+                    "desc": _description([(sec, name, value) for sec, name, value in u.options]),
+                }
             )
+        chosen = fields or parse_fields("list-unit-files", None)
+        columns, cells = pick(chosen, rows)
+        records = tuple({**u.to_json(), "hash": u.hash} for u in units)
+        notes = (TMACHINE_WARNING,) if "tmachine" in chosen else ()
+        return Listing(columns, cells, records, fleetctl=True, notes=notes)
+
+    def list_machines(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """``fleetctl list-machines``: MACHINE IP METADATA (or ``fields``)."""
+        machines = self.client.machines()
+        rows = [
+            {
+                "machine": fleet.short_machine_id(m.id, full),
+                "ip": m.primary_ip,
+                "metadata": ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())),
+            }
             for m in sorted(machines, key=lambda m: m.id)
-        )
+        ]
+        columns, cells = pick(fields or parse_fields("list-machines", None), rows)
         records = tuple({"id": m.id, "ip": m.primary_ip, "metadata": dict(m.metadata)} for m in machines)
-        return Listing(_upper(fleet.MACHINE_COLUMNS), rows, records, fleetctl=True)
+        return Listing(columns, cells, records, fleetctl=True)
 
 
-def _upper(columns: Sequence[str]) -> tuple[str, ...]:
-    return tuple(c.upper() for c in columns)
+def _description(options: Sequence[tuple[str, str, str]]) -> str | None:
+    """The unit's last ``[Unit] Description=`` (fleetctl's DESC column, ``%i`` left as written)."""
+    values = [value for section, name, value in options if section == "Unit" and name == "Description"]
+    return values[-1] if values else None

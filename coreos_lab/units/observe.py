@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from coreos_lab.errors import CoreosLabError
 from coreos_lab.systemd import SystemdClient, UnitState
-from coreos_lab.unitfile import file_name
+from coreos_lab.unitfile import UnitFile, file_name
 from coreos_lab.units.results import ACTIVE_STATES, UnitFileRow, UnitRow
 
 if TYPE_CHECKING:
@@ -99,8 +99,17 @@ def unit_file_rows(records: Sequence[UnitRecord], rows: Sequence[UnitRow]) -> li
             state = "loaded"
         else:
             state = "inactive"
-        out.append(UnitFileRow(r.name, r.hash, r.desired_state, state, r.targets, is_global(r)))
+        out.append(UnitFileRow(r.name, r.hash, r.desired_state, state, r.targets, is_global(r), description(r)))
     return out
+
+
+def description(record: UnitRecord) -> str:
+    """The record's last ``[Unit] Description=`` ("" when it has none or its content does not parse)."""
+    try:
+        values = UnitFile.parse(record.content, name=record.name).get_all("Unit", "Description")
+    except CoreosLabError:
+        return ""
+    return values[-1] if values else ""
 
 
 def is_global(record: UnitRecord) -> bool:

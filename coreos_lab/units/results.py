@@ -6,8 +6,11 @@ types, so the CLI prints a deploy the same way whichever backend ran it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
+
+from coreos_lab.errors import UsageError
 
 if TYPE_CHECKING:
     from coreos_lab.scheduler import Action
@@ -221,6 +224,7 @@ class UnitFileRow:
     state: str
     targets: tuple[str, ...]
     is_global: bool
+    description: str = ""  # the unit's [Unit] Description= (the DESC field)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -290,3 +294,45 @@ class Listing:
     records: tuple[dict[str, Any], ...]
     problems: tuple[str, ...] = ()
     fleetctl: bool = False
+    notes: tuple[str, ...] = ()  # stderr lines that are not failures (a deprecated field, as fleetctl warns)
+
+
+# The fields of each listing as fleetctl v1.0.0 names them (``--fields``); the first group is the default.
+LISTING_FIELDS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "list-units": (("unit", "machine", "active", "sub"), ("load", "hash")),
+    "list-unit-files": (("unit", "hash", "dstate", "state", "target"), ("global", "tmachine", "desc")),
+    "list-machines": (("machine", "ip", "metadata"), ()),
+}
+TMACHINE_WARNING: Final = 'WARNING: The "tmachine" field is deprecated. Use "target" instead'
+
+
+def parse_fields(listing: str, text: str | None) -> tuple[str, ...]:
+    """``--fields`` (comma-separated, fleetctl's names) -> the fields to show; None: the listing's default.
+
+    >>> parse_fields("list-units", "unit,sub")
+    ('unit', 'sub')
+    >>> parse_fields("list-units", None)
+    ('unit', 'machine', 'active', 'sub')
+    >>> parse_fields("list-machines", "machine,zone")
+    Traceback (most recent call last):
+    ...
+    coreos_lab.errors.UsageError: --fields: 'zone' is not a list-machines field (machine, ip, metadata)
+    """
+    default, more = LISTING_FIELDS[listing]
+    if text is None:
+        return default
+    fields = tuple(f.strip() for f in text.split(","))
+    for f in fields:
+        if f not in default + more:
+            shown = ", ".join(default + more)
+            raise UsageError(
+                f"--fields: {f!r} is not a {listing} field ({shown})" if f else f"--fields: empty field in {text!r}"
+            )
+    return fields
+
+
+def pick(
+    fields: Sequence[str], rows: Iterable[Mapping[str, str | None]]
+) -> tuple[tuple[str, ...], tuple[tuple[str | None, ...], ...]]:
+    """The headers (fleetctl's: the field names upper-cased) and the cells of ``fields``, row by row."""
+    return tuple(f.upper() for f in fields), tuple(tuple(row[f] for f in fields) for row in rows)

@@ -65,6 +65,7 @@ from coreos_lab.units.launch import (
 )
 from coreos_lab.units.observe import observe, observed_map, unit_file_rows, unit_rows
 from coreos_lab.units.results import (
+    TMACHINE_WARNING,
     ActionOutcome,
     DeployInterrupted,
     DeployOutcome,
@@ -78,6 +79,8 @@ from coreos_lab.units.results import (
     UndeployOutcome,
     UnitFileRow,
     UnitRow,
+    parse_fields,
+    pick,
 )
 
 if TYPE_CHECKING:
@@ -599,14 +602,26 @@ class SystemdBackend:
         """A node as messages name it: ``core-01 (192.168.56.101)``."""
         return f"{outcome.node} ({outcome.ip})" if outcome.ip else outcome.node
 
-    def list_units(self, *, full: bool = False) -> Listing:
-        """UNIT MACHINE ACTIVE SUB: every deployed unit on its target node(s), live state from systemd."""
+    def list_units(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """UNIT MACHINE ACTIVE SUB (or ``fields``): every deployed unit on its target node(s), live state from
+        systemd."""
         rows = list_units(self.cluster, facts=self.facts)
-        cells = tuple((r.unit, r.machine, r.active_state if r.error is None else "unknown", r.sub_state) for r in rows)
-        return Listing(("UNIT", "MACHINE", "ACTIVE", "SUB"), cells, tuple(r.to_json() for r in rows))
+        cells = [
+            {
+                "unit": r.unit,
+                "machine": r.machine,
+                "active": r.active_state if r.error is None else "unknown",
+                "sub": r.sub_state,
+                "load": r.load_state,
+                "hash": r.hash if full else r.hash[:7],
+            }
+            for r in rows
+        ]
+        columns, table = pick(fields or parse_fields("list-units", None), cells)
+        return Listing(columns, table, tuple(r.to_json() for r in rows))
 
-    def list_unit_files(self, *, full: bool = False) -> Listing:
-        """UNIT HASH DSTATE STATE TARGET (``full``: whole hashes)."""
+    def list_unit_files(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """UNIT HASH DSTATE STATE TARGET (or ``fields``; ``full``: whole hashes)."""
         rows = list_unit_files(self.cluster, facts=self.facts)
         facts = self.facts
 
@@ -615,16 +630,38 @@ class SystemdBackend:
                 return "global"
             return ",".join(facts[t].machine if t in facts else t for t in r.targets)
 
-        cells = tuple((r.unit, r.hash if full else r.hash[:7], r.desired_state, r.state, target(r)) for r in rows)
-        return Listing(("UNIT", "HASH", "DSTATE", "STATE", "TARGET"), cells, tuple(r.to_json() for r in rows))
+        cells = [
+            {
+                "unit": r.unit,
+                "hash": r.hash if full else r.hash[:7],
+                "dstate": r.desired_state,
+                "state": r.state,
+                "target": target(r),
+                "tmachine": target(r),
+                "global": "true" if r.is_global else "false",
+                "desc": r.description,
+            }
+            for r in rows
+        ]
+        chosen = fields or parse_fields("list-unit-files", None)
+        columns, table = pick(chosen, cells)
+        notes = (TMACHINE_WARNING,) if "tmachine" in chosen else ()
+        return Listing(columns, table, tuple(r.to_json() for r in rows), notes=notes)
 
-    def list_machines(self, *, full: bool = False) -> Listing:
-        """MACHINE IP METADATA (``full``: and MACHINE ID); an unreachable node is a problem line."""
+    def list_machines(self, *, full: bool = False, fields: Sequence[str] | None = None) -> Listing:
+        """MACHINE IP METADATA (or ``fields``; ``full`` without ``fields``: and MACHINE ID); an unreachable node
+        is a problem line."""
         facts = list(self.facts.values())
-        cells = []
-        for f in facts:
-            meta = ",".join(f"{k}={v}" for k, v in sorted(f.metadata.items()))
-            cells.append((f.name, f.ip, meta, f.machine_id) if full else (f.name, f.ip, meta))
-        columns = ("MACHINE", "IP", "METADATA", "MACHINE ID")[: 4 if full else 3]
+        cells = [
+            {
+                "machine": f.name,
+                "ip": f.ip,
+                "metadata": ",".join(f"{k}={v}" for k, v in sorted(f.metadata.items())),
+                "machine id": f.machine_id,
+            }
+            for f in facts
+        ]
+        chosen = fields or (*parse_fields("list-machines", None), *(("machine id",) if full else ()))
+        columns, table = pick(chosen, cells)
         problems = tuple(f"{f.name}: {f.error}" for f in facts if not f.reachable)
-        return Listing(columns, tuple(cells), tuple(f.to_json() for f in facts), problems)
+        return Listing(columns, table, tuple(f.to_json() for f in facts), problems)

@@ -1,0 +1,113 @@
+"""``--fields`` on the three listings, byte for byte against real fleetctl v1.0.0 runs (fleetctl-more.txt).
+
+The fleet API double is seeded with the registry those runs saw (one machine with ``rig=hidden,role=worker``,
+hello.service and two instances of web@.service, all launched); the CLI's fleet backend then has to print
+exactly what fleetctl printed, stdout and stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coreos_lab.cli import app
+from coreos_lab.fleet import FleetClient
+from coreos_lab.unitfile import UnitFile
+from tests.fleet_double import FleetDouble, FleetState
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fleet-v1.0.0"
+MACHINE = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+
+
+@dataclass(frozen=True)
+class Run:
+    argv: tuple[str, ...]
+    stdout: str
+    stderr: str
+    rc: int
+
+
+def captured_runs() -> dict[str, Run]:
+    """fleetctl-more.txt: ``$ fleetctl ARGS`` then ``stdout| ``/``stderr| `` lines and ``rc=N``."""
+    runs: dict[str, Run] = {}
+    for block in (FIXTURES / "fleetctl-more.txt").read_text().split("\n$ ")[0:]:
+        lines = block.removeprefix("$ ").split("\n")
+        cmd = lines[0]
+        out = "".join(ln.removeprefix("stdout| ") + "\n" for ln in lines[1:] if ln.startswith("stdout| "))
+        err = "".join(ln.removeprefix("stderr| ") + "\n" for ln in lines[1:] if ln.startswith("stderr| "))
+        rc = next(int(ln[3:]) for ln in lines[1:] if ln.startswith("rc="))
+        runs[cmd] = Run(tuple(cmd.split()[1:]), out, err, rc)
+    return runs
+
+
+RUNS = captured_runs()
+FIELD_RUNS = [cmd for cmd in RUNS if "--fields" in cmd or cmd == "fleetctl list-machines --no-legend"]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[str]:
+    state = FleetState(
+        machines=[{"id": MACHINE, "metadata": {"rig": "hidden", "role": "worker"}, "primaryIP": "127.0.0.1"}]
+    )
+    with FleetDouble(state) as fd:
+        client = FleetClient(fd.url)
+        hello = (FIXTURES / "unitfiles-more" / "hello.service").read_text()
+        template = (FIXTURES / "unitfiles-more" / "web@.service").read_text()
+        client.create_unit(UnitFile.parse(hello, name="hello.service"), "launched")
+        for name in ("web@1.service", "web@2.service"):
+            client.create_unit(UnitFile.parse(template, name=name), "launched")
+        yield fd.url
+
+
+def test_the_captures_hold_what_this_file_checks() -> None:
+    assert len(FIELD_RUNS) == 7, FIELD_RUNS
+
+
+@pytest.mark.parametrize("cmd", FIELD_RUNS)
+def test_fields_like_fleetctl(fleet: str, cmd: str) -> None:
+    run = RUNS[cmd]
+    result = CliRunner().invoke(app, [*run.argv, "--backend", "fleet", "--fleet-endpoint", fleet])
+    assert (result.exit_code, result.stdout, result.stderr) == (run.rc, run.stdout, run.stderr)
+
+
+def test_an_unknown_field_is_refused_before_anything_is_asked() -> None:
+    # The endpoint does not exist: a refusal that needed it would say "cannot reach fleet" instead.
+    result = CliRunner().invoke(
+        app, ["list-units", "--fields", "unit,zone", "--backend", "fleet", "--fleet-endpoint", "http://127.0.0.1:9"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --fields: 'zone' is not a list-units field (unit, machine, active, sub, load, hash)\n"
+    )
+
+
+def test_the_systemd_backend_takes_the_same_fields() -> None:
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.probe import NodeFacts
+    from coreos_lab.units.systemd_backend import SystemdBackend
+
+    facts = {
+        "core-01": NodeFacts("core-01", True, "10.0.0.1", "a" * 32, {"role": "web"}),
+        "core-02": NodeFacts("core-02", False, "10.0.0.2", error="timed out"),
+    }
+    backend = SystemdBackend(Cluster({}), facts)
+    listing = backend.list_machines(fields=("ip", "machine"))
+    assert listing.columns == ("IP", "MACHINE")
+    assert listing.rows == (("10.0.0.1", "core-01"), ("10.0.0.2", "core-02"))
+    assert listing.problems == ("core-02: timed out",)
+    full = backend.list_machines(full=True)
+    assert full.columns == ("MACHINE", "IP", "METADATA", "MACHINE ID")
+    assert full.rows[0] == ("core-01", "10.0.0.1", "role=web", "a" * 32)
+
+
+def test_fleetctls_endpoint_spellings(fleet: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RUNS["fleetctl list-machines --no-legend"]
+    by_flag = CliRunner().invoke(app, ["list-machines", "--no-legend", "--endpoint", fleet])
+    assert (by_flag.exit_code, by_flag.stdout) == (0, run.stdout)
+    monkeypatch.setenv("FLEETCTL_ENDPOINT", fleet)
+    by_env = CliRunner().invoke(app, ["list-machines", "--no-legend"])
+    assert (by_env.exit_code, by_env.stdout) == (0, run.stdout)
