@@ -7,6 +7,7 @@ nodes are the lab's Vagrant machines or an ``--inventory``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from coreos_lab.cli._common import (
     open_nodes,
     report_problem,
 )
-from coreos_lab.errors import UsageError
+from coreos_lab.errors import CoreosLabError, UsageError
 
 if TYPE_CHECKING:
     from coreos_lab.units.base import UnitBackend
@@ -108,16 +109,24 @@ def _emit_listing(listing: Listing, *, as_json: bool, legend: bool) -> None:
 
 
 def _read_units(paths: list[Path]) -> list[Any]:
-    from coreos_lab.unitfile import load_unit
+    """Each unit file, parsed and checked; an instance with no file of its own comes from its template beside
+    it, as fleet does (``deploy app@3.service`` with only ``app@.service`` on disk)."""
+    from coreos_lab.unitfile import load_unit, validate_unit_name
 
     units = []
     for path in paths:
+        source = path
+        if not path.exists():
+            with contextlib.suppress(CoreosLabError):
+                template = validate_unit_name(path.name).template
+                if template is not None and template != path.name and (path.parent / template).is_file():
+                    source = path.parent / template
         try:
-            text = path.read_text(encoding="utf-8")
+            text = source.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+            raise UsageError(f"{source}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         unit, _ = load_unit(text, path.name)
         units.append(unit)
     names = [u.name for u in units]

@@ -111,3 +111,19 @@ def test_fleetctls_endpoint_spellings(fleet: str, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FLEETCTL_ENDPOINT", fleet)
     by_env = CliRunner().invoke(app, ["list-machines", "--no-legend"])
     assert (by_env.exit_code, by_env.stdout) == (0, run.stdout)
+
+
+def test_an_instance_without_a_file_of_its_own_comes_from_its_template(tmp_path: Path) -> None:
+    """fleet's rule: ``deploy web@3.service`` with only ``web@.service`` on disk starts web@3 from the template."""
+    template = (FIXTURES / "unitfiles-more" / "web@.service").read_text()
+    (tmp_path / "web@.service").write_text(template)
+    state = FleetState(machines=[{"id": MACHINE, "metadata": {}, "primaryIP": "127.0.0.1"}])
+    with FleetDouble(state) as fd:
+        result = CliRunner().invoke(app, ["deploy", str(tmp_path / "web@3.service"), "--endpoint", fd.url])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "Unit web@3.service launched on 3d1219c7.../127.0.0.1\n"
+        stored = FleetClient(fd.url).unit("web@3.service")
+        assert stored is not None
+        assert stored.hash == UnitFile.parse(template, name="web@3.service").hash
+    missing = CliRunner().invoke(app, ["deploy", str(tmp_path / "api@1.service"), "--endpoint", "http://127.0.0.1:9"])
+    assert (missing.exit_code, missing.stderr) == (2, f"error: {tmp_path / 'api@1.service'}: no such file\n")
