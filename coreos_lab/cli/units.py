@@ -408,17 +408,20 @@ def unit_stop(
 @unit_app.command("cat")
 def unit_cat(
     unit: str = UNIT_ARG,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
-    """Print the unit file as deployed (from etcd)."""
-    from coreos_lab.units.systemd_backend import get_record
+    """Print the unit file as deployed (its record in etcd, or fleet's copy)."""
+    from coreos_lab.unitfile import validate_unit_name
 
-    with open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new) as cluster:
-        record = get_record(cluster, unit)
-    sys.stdout.write(record.content if record.content.endswith("\n") else record.content + "\n")
+    validate_unit_name(unit)
+    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+        content = b.cat(unit)
+    sys.stdout.write(content if content.endswith("\n") else content + "\n")
 
 
 @unit_app.command("status")

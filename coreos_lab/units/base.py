@@ -48,6 +48,10 @@ class UnitBackend(Protocol):
         """``unit start`` (launched) / ``unit stop`` (loaded) of a deployed unit."""
         ...
 
+    def cat(self, name: str) -> str:
+        """The unit file of a deployed unit, as the backend holds it (``unit cat``)."""
+        ...
+
     def where(self, outcome: NodeOutcome) -> str:
         """How messages name the node (or machine) of ``outcome``."""
         ...

@@ -159,6 +159,14 @@ class FleetBackend:
     def set_state(self, name: str, desired: Literal["launched", "loaded"], *, timeout: float = 30.0) -> StateChange:
         return set_state(self.client, name, desired, timeout=timeout)
 
+    def cat(self, name: str) -> str:
+        """``fleetctl cat``: the unit as fleet holds it (its options, written out as fleet writes them)."""
+        validate_unit_name(name)
+        unit = self.client.unit(name)
+        if unit is None:
+            raise UsageError(f"unit {name} is not deployed")
+        return unit.unit_file().to_text()
+
     def where(self, outcome: NodeOutcome) -> str:
         """A machine as fleetctl names it in its messages (``3d1219c7.../10.0.0.1``)."""
         return fleet.machine_cell(outcome.node, outcome.ip) if outcome.node else "-"

@@ -598,6 +598,10 @@ class SystemdBackend:
     def set_state(self, name: str, desired: Literal["launched", "loaded"], *, timeout: float = 30.0) -> StateChange:
         return set_state(self.cluster, name, desired, facts=self.facts, timeout=timeout)
 
+    def cat(self, name: str) -> str:
+        """The unit file as deployed (its record in etcd)."""
+        return get_record(self.cluster, name, store=etcd_store(self.cluster, self.facts)).content
+
     def where(self, outcome: NodeOutcome) -> str:
         """A node as messages name it: ``core-01 (192.168.56.101)``."""
         return f"{outcome.node} ({outcome.ip})" if outcome.ip else outcome.node

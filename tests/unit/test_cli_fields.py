@@ -127,3 +127,11 @@ def test_an_instance_without_a_file_of_its_own_comes_from_its_template(tmp_path:
         assert stored.hash == UnitFile.parse(template, name="web@3.service").hash
     missing = CliRunner().invoke(app, ["deploy", str(tmp_path / "api@1.service"), "--endpoint", "http://127.0.0.1:9"])
     assert (missing.exit_code, missing.stderr) == (2, f"error: {tmp_path / 'api@1.service'}: no such file\n")
+
+
+def test_cat_against_a_bare_fleet_endpoint_like_fleetctl(fleet: str) -> None:
+    run = RUNS["fleetctl cat web@1.service"]
+    result = CliRunner().invoke(app, ["unit", "cat", "web@1.service", "--endpoint", fleet])
+    assert (result.exit_code, result.stdout, result.stderr) == (run.rc, run.stdout, run.stderr)
+    unknown = CliRunner().invoke(app, ["unit", "cat", "nope.service", "--endpoint", fleet])
+    assert (unknown.exit_code, unknown.stderr) == (2, "error: unit nope.service is not deployed\n")
