@@ -8,13 +8,15 @@ fleet machine (``NodeOutcome.node`` is its machine ID). :class:`FleetBackend` is
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from coreos_lab import fleet
-from coreos_lab.errors import UsageError
+from coreos_lab.errors import CoreosLabError, UsageError
+from coreos_lab.scheduler import Node, place
 from coreos_lab.unitfile import UnitFile, XFleet, file_name, validate_unit_name
 from coreos_lab.units.results import (
     ACTIVE_STATES,
@@ -62,13 +64,17 @@ def _poll(
 
 
 def wait(
-    client: FleetClient, name: str, desired: str, timeout: float, interval: float = 0.5
+    client: FleetClient,
+    name: str,
+    desired: str,
+    timeout: float,
+    interval: float = 0.5,
+    ips: Mapping[str, str] | None = None,
 ) -> tuple[NodeOutcome, ...]:
     """Poll fleet's /state until every machine's copy of ``name`` is active or failed (launched), or not
-    active (loaded); bounded by ``timeout`` (what is known then is returned). /machines is read once, and
-    again only when the unit shows up on a machine not seen yet."""
+    active (loaded); bounded by ``timeout`` (what is known then is returned). /machines is read once (not at
+    all when ``ips`` is given), and again only when the unit shows up on a machine not seen yet."""
     deadline = time.monotonic() + timeout
-    ips: Mapping[str, str] | None = None
     while True:
         outcomes, ips = _poll(client, name, ips)
         if desired == "launched":
@@ -81,10 +87,17 @@ def wait(
 
 
 def deploy(client: FleetClient, units: Sequence[UnitFile], *, timeout: float = 30.0) -> tuple[DeployOutcome, ...]:
-    """``fleetctl start UNIT_FILE...``: submit (or reuse identical) units with desired state launched, then wait."""
+    """``fleetctl start UNIT_FILE...``: submit (or reuse identical) units with desired state launched, then wait.
+
+    Each unit's [X-Fleet] constraints are first held against fleet's machines and the units already there
+    (our scheduler's rules are fleet's): a unit no machine can take is refused (SchedulingError naming what
+    excluded each machine) before it is submitted, so it is never left launched and unscheduled in fleet.
+    """
+    constraints = {}
     for u in units:
         file_name(u.name or "")
-        XFleet.from_unit(u)
+        constraints[u.name or ""] = XFleet.from_unit(u)
+    placed = _Placer(client)
     out = []
     for u in units:
         name = u.name or ""
@@ -93,13 +106,40 @@ def deploy(client: FleetClient, units: Sequence[UnitFile], *, timeout: float = 3
             nodes = machine_outcomes(client, name)
             out.append(DeployOutcome(name, u.hash, "unchanged", nodes, "identical content is already launched"))
             continue
+        placed.check(name, constraints[name])
         client.ensure_unit(u, "launched", existing=existing)  # refuses different content, like fleetctl
-        nodes = wait(client, name, "launched", timeout)
+        nodes = wait(client, name, "launched", timeout, ips=placed.ips)
         if not nodes:
             nodes = (NodeOutcome("", "", False, error=f"fleet did not schedule {name} within {timeout:g}s"),)
         status: DeployStatus = "launched" if any(n.ok for n in nodes) else "failed"
         out.append(DeployOutcome(name, u.hash, status, nodes))
     return tuple(out)
+
+
+class _Placer:
+    """fleet's machines and where its units are, read once per deploy, for :func:`scheduler.place`."""
+
+    def __init__(self, client: FleetClient) -> None:
+        self.client = client
+        self.nodes: list[Node] | None = None
+        self.ips: dict[str, str] = {}  # machine ID -> IP, handed on to the wait
+        self.assignments: dict[str, tuple[str, ...]] = {}
+        self.others: dict[str, XFleet] = {}
+
+    def check(self, name: str, xf: XFleet) -> None:
+        if self.nodes is None:
+            machines = self.client.machines()
+            self.nodes = [Node(m.id, m.id, m.primary_ip, dict(m.metadata)) for m in machines]
+            self.ips = {m.id: m.primary_ip for m in machines}
+            where: dict[str, set[str]] = {}
+            for state in self.client.states():
+                where.setdefault(state.name, set()).add(state.machine_id)
+            self.assignments = {unit: tuple(sorted(ids)) for unit, ids in where.items()}
+            for unit in self.client.units():
+                with contextlib.suppress(CoreosLabError):  # a unit fleet holds that we cannot read constrains nothing
+                    self.others[unit.name] = XFleet.from_unit(unit.unit_file())
+        place(name, xf, self.nodes, self.assignments, self.others)  # SchedulingError when no machine qualifies
+        self.others[name] = xf
 
 
 def undeploy(client: FleetClient, names: Sequence[str]) -> tuple[UndeployOutcome, ...]:

@@ -135,3 +135,18 @@ def test_cat_against_a_bare_fleet_endpoint_like_fleetctl(fleet: str) -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (run.rc, run.stdout, run.stderr)
     unknown = CliRunner().invoke(app, ["unit", "cat", "nope.service", "--endpoint", fleet])
     assert (unknown.exit_code, unknown.stderr) == (2, "error: unit nope.service is not deployed\n")
+
+
+def test_a_unit_no_machine_can_take_is_refused_before_it_is_submitted(tmp_path: Path) -> None:
+    """fleet would keep ``nowhere.service`` launched and unscheduled for ever; we say which constraint fails."""
+    source = FIXTURES / "unitfiles-more" / "nowhere.service"  # MachineMetadata=role=db
+    (tmp_path / source.name).write_text(source.read_text())
+    state = FleetState(machines=[{"id": MACHINE, "metadata": {"role": "worker"}, "primaryIP": "127.0.0.1"}])
+    with FleetDouble(state) as fd:
+        result = CliRunner().invoke(app, ["deploy", str(tmp_path / source.name), "--endpoint", fd.url])
+        assert result.exit_code == 1, result.output
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"error: cannot place nowhere.service: no eligible node ({MACHINE}: ")
+        assert "role=db" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert FleetClient(fd.url).unit("nowhere.service") is None  # never submitted, so never left launched
