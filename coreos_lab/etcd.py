@@ -3,11 +3,13 @@
 It needs only a base URL and, optionally, a :class:`coreos_lab.http.Session`: the URL may point straight at a member
 (``http://127.0.0.1:2379``) or at the local end of an SSH tunnel; the client does not care which.
 
->>> client = EtcdClient("http://127.0.0.1:2379")   # doctest: +SKIP
->>> client.put("/lab/greeting", b"hello")           # doctest: +SKIP
-7
->>> client.get("/lab/greeting").value               # doctest: +SKIP
-b'hello'
+For example (it needs a running etcd, so it is not run as a test)::
+
+    client = EtcdClient("http://127.0.0.1:2379")
+    client.put("/lab/greeting", b"hello")
+    # -> 7
+    client.get("/lab/greeting").value
+    # -> b'hello'
 
 Every failure (connection refused, timeout, an HTTP error, an answer that is not the JSON we expect) is an
 :class:`~coreos_lab.errors.EtcdError` whose text is one line naming the endpoint.

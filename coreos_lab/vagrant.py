@@ -16,10 +16,12 @@ its blocking calls kill Vagrant outright on Ctrl-C, and it has no timeout), so i
 atomically): valid while the machine ids under ``.vagrant/machines`` are unchanged, dropped by every
 up / reload / halt / destroy (:func:`invalidate`).
 
->>> lab = VagrantLab(Path("my-lab"), provider="libvirt")          # doctest: +SKIP
->>> lab.up(on_line=print)                                          # doctest: +SKIP
->>> [m.name for m in lab.status() if m.running]                    # doctest: +SKIP
-['core-01', 'core-02', 'core-03']
+For example (on a real lab, so not run as a test)::
+
+    lab = VagrantLab(Path("my-lab"), provider="libvirt")
+    lab.up(on_line=print)
+    [m.name for m in lab.status() if m.running]
+    # -> ['core-01', 'core-02', 'core-03']
 """
 
 from __future__ import annotations

@@ -14,4 +14,4 @@ export COREOS_LAB_REQUIRE_ALL=1   # conftest turns "prerequisite missing" into a
 .venv/bin/ruff check coreos_lab tests benchmarks
 .venv/bin/ruff format --check coreos_lab tests benchmarks || echo "note: ruff format differences (not fatal)"
 .venv/bin/mypy
-.venv/bin/pytest -p no:cacheprovider "$@"
+.venv/bin/pytest -p no:cacheprovider --durations=25 "$@"   # the slowest tests, to budget the VM suite

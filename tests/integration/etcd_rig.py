@@ -4,9 +4,11 @@
 1 or 3 of them with a static bootstrap. Members are stopped and started again by PID (the data dir stays,
 so a restarted member rejoins). Fixtures ``etcd_single`` and ``etcd_cluster3`` wrap them for pytest.
 
->>> with EtcdCluster(3) as cluster:             # doctest: +SKIP
-...     cluster.members[0].stop()                 # quorum kept: 2 of 3
-...     cluster.members[0].start(); cluster.wait_healthy()
+For example (it needs real etcd members, so it is not run as a test)::
+
+    with EtcdCluster(3) as cluster:
+        cluster.members[0].stop()                 # quorum kept: 2 of 3
+        cluster.members[0].start(); cluster.wait_healthy()
 """
 
 from __future__ import annotations
