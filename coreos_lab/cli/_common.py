@@ -179,3 +179,19 @@ def emit_table(
 ) -> None:
     """Print :func:`format_table`'s text on stdout (nothing for an empty table without a legend)."""
     typer.echo(format_table(headers, rows, legend=legend, tab_width=tab_width), nl=False)
+
+
+def print_journal(
+    client: Any, unit: str, *, lines: int, follow: bool, interval: float, since: str | None = None
+) -> None:
+    """Print ``unit``'s last ``lines`` journal lines from ``client`` (a SystemdClient); with ``follow``, keep
+    printing new ones every ``interval`` seconds (Ctrl-C ends it)."""
+    import time
+
+    text, cursor = client.journal_after(unit, lines=lines, since=since)
+    typer.echo(text, nl=False)
+    while follow:
+        sys.stdout.flush()
+        time.sleep(interval)
+        text, cursor = client.journal_after(unit, cursor=cursor, lines=None if cursor else lines)
+        typer.echo(text, nl=False)

@@ -6,7 +6,6 @@ They run systemctl/journalctl through each node's runner and know nothing of dep
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from coreos_lab.cli._common import (
     emit_table,
     lines_option,
     open_nodes,
+    print_journal,
     report_problem,
 )
 from coreos_lab.errors import CoreosLabError, UsageError
@@ -86,12 +86,7 @@ def logs(
         raise UsageError("-n must be >= 0 and --interval > 0")
     with open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new) as cluster:
         client = SystemdClient(cluster.runner(node))
-        text, cursor = client.journal_after(unit, lines=lines, since=since)
-        typer.echo(text, nl=False)
-        while follow:
-            time.sleep(interval)
-            text, cursor = client.journal_after(unit, cursor=cursor, lines=None if cursor else lines)
-            typer.echo(text, nl=False)
+        print_journal(client, unit, lines=lines, follow=follow, interval=interval, since=since)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from coreos_lab.cli._common import (
     lab_specs,
     lines_option,
     open_nodes,
+    print_journal,
     report_problem,
 )
 from coreos_lab.errors import CoreosLabError, UsageError
@@ -300,13 +300,7 @@ def journal_cmd(
         raise UsageError("-n must be >= 0 and --interval > 0")
     with open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new) as cluster:
         client = SystemdClient(cluster.runner(node or journal_node(cluster, unit)))
-        text, cursor = client.journal_after(unit, lines=lines)
-        typer.echo(text, nl=False)
-        while follow:
-            sys.stdout.flush()
-            time.sleep(interval)
-            text, cursor = client.journal_after(unit, cursor=cursor, lines=None if cursor else lines)
-            typer.echo(text, nl=False)
+        print_journal(client, unit, lines=lines, follow=follow, interval=interval)
 
 
 def reconcile_cmd(
