@@ -427,6 +427,49 @@ class EtcdClient:
         except (TypeError, ValueError) as exc:
             raise self._fail(self.api_prefix() + "/kv/deleterange", f"unexpected answer: {exc}") from exc
 
+    # -- leases ----------------------------------------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; returns its ID (keys put with it vanish when it expires)."""
+        data = self._v3("/lease/grant", {"TTL": str(int(ttl))})
+        try:
+            lease = _int(data.get("ID"))
+        except (TypeError, ValueError) as exc:
+            raise self._fail(self.api_prefix() + "/lease/grant", f"unexpected answer: {exc}") from exc
+        if lease <= 0:
+            raise self._fail(self.api_prefix() + "/lease/grant", f"granted no lease: {json.dumps(data)[:80]}")
+        return lease
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew the lease once; returns its TTL in seconds, 0 when it has expired or was revoked.
+
+        The gateway's keepalive is a stream; one request body is one renewal and one answer.
+        """
+        data = self._v3("/lease/keepalive", {"ID": str(lease)})
+        result = data.get("result", data)
+        try:
+            return _int(result.get("TTL")) if isinstance(result, dict) else 0
+        except (TypeError, ValueError) as exc:
+            raise self._fail(self.api_prefix() + "/lease/keepalive", f"unexpected answer: {exc}") from exc
+
+    def lease_revoke(self, lease: int) -> bool:
+        """Revoke the lease (its keys go at once); False when it was already gone."""
+        path = self.api_prefix() + "/lease/revoke"
+        resp = self._send("POST", path, json_body={"ID": str(lease)}, ok_statuses=(404,))
+        data = self._json(resp, path)
+        if "error" in data and "header" not in data:
+            if "not found" in str(data.get("error")):
+                return False
+            raise self._fail(path, f"error: {data.get('error')}")
+        return True
+
+    def put_if_absent(self, key: Bytesish, value: Bytesish, *, lease: int | None = None) -> bool:
+        """Create ``key`` only if it does not exist (optionally bound to ``lease``); returns whether it did."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return self._txn(key, None, {"request_put": put})
+
     def txn_put_if(self, key: Bytesish, value: Bytesish, *, expect_mod_revision: int | None) -> bool:
         """Compare-and-swap: write only if the key's mod_revision is ``expect_mod_revision``.
 

@@ -72,6 +72,10 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "box": ("vm", "The offline lab box (Debian + etcd, CoreOS-compatible) for libvirt."),
     "etcd": ("etcd_cmds", "Ask the cluster's etcd: health, members, keys (through each node's SSH connection)."),
     "unit": ("units", "Start, stop, show or inspect one deployed unit."),
+    "engine": (
+        "engine_cmds",
+        "The engine that reschedules units by itself when a node goes away (fleet's engine; one leader per lab).",
+    ),
 }
 
 
@@ -110,6 +114,10 @@ def _register(module: str, app: typer.Typer) -> None:
             from coreos_lab.cli import units
 
             units.register(app)
+        case "engine_cmds":
+            from coreos_lab.cli import engine_cmds
+
+            engine_cmds.register(app)
         case "status":
             from coreos_lab.cli import status
 

@@ -23,7 +23,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
@@ -484,21 +484,27 @@ def reconcile(
     facts: Mapping[str, NodeFacts] | None = None,
     specs: Mapping[str, NodeSpec] | None = None,
     only: Sequence[str] | None = None,
+    hold: Collection[str] = (),
     dry_run: bool = False,
     timeout: float = 30.0,
 ) -> ReconcileResult:
     """Make the nodes match etcd: reschedule units off gone/unhealthy nodes, stop units where they do not belong.
 
     Record changes (schedule/unschedule) are written to etcd before the nodes are touched. Running it again
-    right away finds nothing to do. ``only`` limits the actions to those units.
+    right away finds nothing to do. ``only`` limits the actions to those units. ``hold`` names nodes that
+    missed a probe but are not yet given up (the engine's agent TTL): ``facts`` has their last good probe,
+    they stay healthy for placement (their units do not move), and nothing is asked of them or done on them.
     """
     facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
-    store = store if store is not None else etcd_store(cluster, facts)
+    held = set(hold) & set(facts)
+    store = store if store is not None else etcd_store(cluster, {n: f for n, f in facts.items() if n not in held})
     records = store.list()
     by_name = {r.name: r for r in records}
-    states, errors = observe(cluster, list(by_name), facts)
+    states, errors = observe(cluster, list(by_name), {n: f for n, f in facts.items() if n not in held})
     # A node we could reach but not ask is not healthy either: we cannot know what runs there.
-    nodes = [replace(f.to_node(), healthy=f.reachable and f.name not in errors) for f in facts.values()]
+    nodes = [
+        replace(f.to_node(), healthy=f.name in held or (f.reachable and f.name not in errors)) for f in facts.values()
+    ]
     desired: dict[str, DesiredUnit] = {}
     for r in records:
         try:
@@ -507,6 +513,8 @@ def reconcile(
             continue  # a record that does not parse any more is left for a human; from_json already checks it
     observed = observed_map({n: s for n, s in states.items() if n not in errors}, records)
     plan = plan_reconcile(desired, observed, nodes)
+    if held:
+        plan = Plan(tuple(a for a in plan if a.node not in held or a.kind in _RECORD_ONLY), plan.unplaceable)
     if only is not None:
         keep = set(only)
         plan = Plan(tuple(a for a in plan if a.unit in keep), tuple(u for u in plan.unplaceable if u[0] in keep))
@@ -545,10 +553,13 @@ def reconcile(
         if r.desired_state != "inactive" or (only is not None and r.name not in only):
             continue
         still = [n for n in observed.get(r.name, {}) if (r.name, n) not in unloaded]
-        pending = [t for t in r.targets if not (facts.get(t) and facts[t].reachable)]
+        pending = [t for t in r.targets if t in held or not (facts.get(t) and facts[t].reachable)]
         if not still and not pending and store.delete(r.name):
             deleted.append(r.name)
     return ReconcileResult(tuple(done), plan.unplaceable, tuple(deleted), False)
+
+
+_RECORD_ONLY: Final = frozenset({"schedule", "unschedule"})
 
 
 def _execute(
