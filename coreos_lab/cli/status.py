@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -89,8 +90,9 @@ def status(
     finally:
         cluster.close()
     code = int(report["exit_code"])
+    engine_status = _engine(lab_path, inventory)
     if as_json:
-        emit_json(report)
+        emit_json({**report, "engine": engine_status.to_json() if engine_status else None})
     else:
         yes = {True: "yes", False: "no"}
         emit_table(
@@ -107,6 +109,10 @@ def status(
             f"etcd: {state}, {quorum}, {e['healthy_members']}/{e['member_count']} members healthy "
             f"(expected {e['expected_members']}), TLS {'on' if e['tls'] else 'off'}"
         )
+        if engine_status is not None:
+            from coreos_lab.cli.engine_cmds import describe
+
+            typer.echo(f"engine: {describe(engine_status)}")
         if report["units"]:
             typer.echo("")
             emit_table(
@@ -128,6 +134,14 @@ def status(
         typer.echo("cluster OK" if code == 0 else f"cluster NOT OK (exit {code})")
     if code:
         raise typer.Exit(code)
+
+
+def _engine(lab_path: Path | None, inventory: Path | None) -> Any:
+    """The engine's last report, read from its state dir (no round trip); None when none was ever started."""
+    from coreos_lab import engine
+
+    where = engine.state_dir_for(lab_path.resolve() if lab_path else None, inventory)
+    return engine.read_status(where) if where.is_dir() else None
 
 
 def register(app: typer.Typer) -> None:

@@ -155,9 +155,15 @@ def up(
     parallel: bool = typer.Option(True, "--parallel/--no-parallel", help="Boot nodes at once (libvirt)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for SSH and a healthy etcd cluster."),
     wait_timeout: float = typer.Option(900.0, "--wait-timeout", help="Seconds to wait for a healthy cluster."),
+    no_engine: bool = typer.Option(
+        False, "--no-engine", help="Do not start the engine that moves units off nodes that go away."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy."""
+    """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy.
+
+    A healthy lab gets its engine (`coreos-lab engine status`) unless --no-engine.
+    """
     path, cfg = _lab(lab)
     from coreos_lab.cli.lab import refuse_unexpected_pickups
     from coreos_lab.health import wait_ready
@@ -211,6 +217,12 @@ def up(
         tls=cfg.tls,
     )
     total = time.monotonic() - start
+    engine: dict[str, object] | None = None
+    if ready and whole and not no_engine:
+        from coreos_lab.cli.engine_cmds import start_engine
+
+        pid, started, log = start_engine(path, None)
+        engine = {"pid": pid, "started": started, "log": str(log)}
     rows = []
     for spec in cfg.nodes:
         h = health.get(spec.name)
@@ -235,6 +247,7 @@ def up(
                 "ready": ready,
                 "vagrant_seconds": round(booted, 1),
                 "total_seconds": round(total, 1),
+                "engine": engine,
                 "nodes": [
                     dict(zip(("name", "state", "ip", "etcd", "members", "health"), r, strict=True)) for r in rows
                 ],
@@ -243,6 +256,8 @@ def up(
     else:
         emit_table(["NODE", "STATE", "IP", "ETCD", "MEMBERS", "HEALTH"], rows)
         typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
+        if engine is not None:
+            typer.echo(f"engine {'started' if engine['started'] else 'already running'} (pid {engine['pid']})")
     if not ready:
         problems = [
             f"{h.name}: {h.error or (h.etcd and h.etcd.unit_state) or 'unhealthy'}"
@@ -268,6 +283,14 @@ def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kw
     chosen = _check_nodes(cfg, nodes or [])
     vm = _vagrant(path, cfg)
     start = time.monotonic()
+    if action in ("halt", "destroy") and not chosen:
+        # The whole lab goes down: its engine first, or it would see every node vanish. (One node halted is
+        # a node going away: the engine moves its units, as fleet would.)
+        from coreos_lab.cli.engine_cmds import stop_engine
+
+        stopped = stop_engine(path)
+        if stopped:
+            typer.echo(f"engine stopped (pid {stopped})")
     with Progress(chosen or [n.name for n in cfg.nodes], verbose) as progress:
         getattr(vm, action)(chosen or None, on_line=progress.line, **kwargs)  # drops the ssh-config cache itself
     typer.echo(f"{action}: done in {time.monotonic() - start:.0f}s")
