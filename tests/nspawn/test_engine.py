@@ -127,6 +127,14 @@ def records_of(inventory: Path, name: str) -> list[str]:
     return [t for f in files if f["unit"] == name for t in f["targets"]]
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def node_named(rig: DeployRig, name: str) -> Node:
     return next(n for n in rig.nodes if n.name == name)
 
@@ -161,7 +169,7 @@ def test_engine_start_status_stop_through_the_cli(rig: DeployRig, inventory: Pat
         stopped = cli(inventory, "engine", "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == f"engine stopped (pid {info['pid']})"
-    assert not Path(f"/proc/{info['pid']}").exists() or "zombie" in Path(f"/proc/{info['pid']}/status").read_text()
+    assert gone(info["pid"])
     assert leader_key(rig) is None  # it resigned: no waiting out a lease for the next engine
     after = cli(inventory, "engine", "status")
     assert after.returncode == 3
@@ -170,6 +178,20 @@ def test_engine_start_status_stop_through_the_cli(rig: DeployRig, inventory: Pat
     bad = cli(inventory, "engine", "start", "--interval", "0")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: --interval must be between 0.5 and 300 seconds, not 0"
+
+
+def test_the_engine_ends_by_itself_when_its_cluster_is_gone(inventory: Path, tmp_path: Path) -> None:
+    """A lab's engine ends once the lab is destroyed; for an inventory, once the inventory file is gone."""
+    copy = tmp_path / "inventory"
+    copy.write_text(inventory.read_text())
+    started = cli(copy, "engine", "start", "--interval", "1", "--json")
+    assert started.returncode == 0, started.stderr
+    pid = json.loads(started.stdout)["pid"]
+    wait_for("the engine to lead", lambda: json.loads(cli(copy, "engine", "status", "--json").stdout)["role"], 20, 0.5)
+    log = Path(json.loads(started.stdout)["log"])
+    copy.unlink()
+    wait_for("the engine to exit", lambda: gone(pid), timeout=15, interval=0.2)
+    assert log.read_text().splitlines()[-1].endswith(f"exiting: the inventory {copy.resolve()} is gone")
 
 
 def test_a_cut_off_node_loses_its_unit_and_stops_the_stale_copy_on_return(
