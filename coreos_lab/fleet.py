@@ -428,15 +428,7 @@ class FleetClient:
         if existing is None:
             self.create_unit(unit, desired_state, uname)
             return True
-        try:
-            old_hash = existing.hash
-        except UnitFileError as exc:
-            raise FleetError(f"fleet holds an unreadable {uname}: {exc}") from None
-        if old_hash != unit.hash:
-            raise FleetError(
-                f"unit {uname} already exists in fleet with different content "
-                f"(hash {old_hash[:7]}, new {unit.hash[:7]}); destroy it first"
-            )
+        check_same_content(existing, unit)
         self.set_desired_state(uname, desired_state)
         return False
 
@@ -444,6 +436,19 @@ class FleetClient:
         """DELETE /units/<name>; False when fleet did not know the unit (404)."""
         answer = self._call("DELETE", self._unit_path(name), ok=(204, 404))
         return answer.status == 204
+
+
+def check_same_content(existing: FleetUnit, unit: UnitFile) -> None:
+    """FleetError unless fleet's ``existing`` unit holds ``unit``'s content (a unit is never silently replaced)."""
+    try:
+        old_hash = existing.hash
+    except UnitFileError as exc:
+        raise FleetError(f"fleet holds an unreadable {existing.name}: {exc}") from None
+    if old_hash != unit.hash:
+        raise FleetError(
+            f"unit {existing.name} already exists in fleet with different content "
+            f"(hash {old_hash[:7]}, new {unit.hash[:7]}); destroy it first"
+        )
 
 
 def _check_state(state: str) -> None:

@@ -31,12 +31,17 @@ PREFIX = "/fleet/v1/"
 # ---- capture loaders ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FleetctlRun:
-    """One ``$ fleetctl ...`` block of fleetctl.txt."""
+    """One ``$ fleetctl ...`` block of fleetctl.txt (or fleetctl-more.txt)."""
 
     cmd: str
     stdout: str
     stderr: str
     rc: int
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The arguments after ``fleetctl``."""
+        return tuple(self.cmd.split()[1:])
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,19 @@ def load_fleetctl_runs() -> list[FleetctlRun]:
         elif line.startswith("rc=") and cmd is not None:
             runs.append(FleetctlRun(cmd, "".join(x + "\n" for x in out), "".join(x + "\n" for x in err), int(line[3:])))
             cmd = None
+    return runs
+
+
+def load_more_runs() -> dict[str, FleetctlRun]:
+    """fleetctl-more.txt by command: ``$ fleetctl ARGS`` then ``stdout| ``/``stderr| `` lines and ``rc=N``."""
+    runs: dict[str, FleetctlRun] = {}
+    for block in (FIXTURES / "fleetctl-more.txt").read_text().split("\n$ "):
+        lines = block.removeprefix("$ ").split("\n")
+        cmd = lines[0]
+        out = "".join(ln.removeprefix("stdout| ") + "\n" for ln in lines[1:] if ln.startswith("stdout| "))
+        err = "".join(ln.removeprefix("stderr| ") + "\n" for ln in lines[1:] if ln.startswith("stderr| "))
+        rc = next(int(ln[3:]) for ln in lines[1:] if ln.startswith("rc="))
+        runs[cmd] = FleetctlRun(cmd, out, err, rc)
     return runs
 
 
@@ -180,6 +198,9 @@ class FleetState:
     page_limit: int = 100
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # unit -> the machine ID fleet puts it on (default: the first machine that meets its MachineMetadata). An ID
+    # that /machines does not list is a machine fleet has not said anything about yet.
+    placements: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_captures(cls, page_limit: int = 100) -> FleetState:
@@ -194,6 +215,18 @@ class FleetState:
         vals = [o["value"] for o in unit.get("options", []) if o["section"] == "X-Fleet" and o["name"] == "Global"]
         return bool(vals) and vals[-1].lower() in {"true", "yes", "1", "on", "t"}
 
+    @staticmethod
+    def _fits(unit: dict[str, Any], machine: dict[str, Any]) -> bool:
+        """fleet's MachineMetadata rule: for every key the unit names, the machine has one of its values."""
+        wanted: dict[str, set[str]] = {}
+        for o in unit.get("options", []):
+            if o["section"] == "X-Fleet" and o["name"] == "MachineMetadata":
+                for pair in o["value"].split():
+                    key, _, value = pair.partition("=")
+                    wanted.setdefault(key, set()).add(value)
+        have = machine.get("metadata") or {}
+        return all(have.get(key) in values for key, values in wanted.items())
+
     def set_desired(self, name: str, desired: str) -> None:
         """Apply a target state at once (real fleet converges a moment later)."""
         unit = self.units[name]
@@ -205,8 +238,10 @@ class FleetState:
         elif "@." in name:
             targets = []
         else:
-            unit["currentState"] = desired
-            targets = [self.machines[0]["id"]] if desired != "inactive" and self.machines else []
+            where = self.placements.get(name) or next((m["id"] for m in self.machines if self._fits(unit, m)), None)
+            targets = [where] if desired != "inactive" and where else []
+            # fleet keeps a unit no machine can take launched, and inactive where it is: nowhere
+            unit["currentState"] = desired if targets else "inactive"
             if targets:
                 unit["machineID"] = targets[0]
             else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -13,7 +14,17 @@ import typer
 from typer.core import TyperGroup
 
 from coreos_lab import __version__
-from coreos_lab.cli._common import Problems
+from coreos_lab.cli._common import (
+    BACKEND_OPTION,
+    FLEET_ENDPOINT_OPTION,
+    INVENTORY_OPTION,
+    JSON_OPTION,
+    LAB_OPTION,
+    SSH_USERNAME_OPTION,
+    TUNNEL_OPTION,
+    Problems,
+    apply_global_options,
+)
 from coreos_lab.errors import CoreosLabError
 
 EXIT_INTERRUPTED = 130
@@ -247,10 +258,20 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Log commands and show tracebacks on errors."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    # Global options, fleetctl's habit: given before the command, each is the default of the command's own
+    # option of that name (an option after the command wins); a command without it is refused.
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
+    lab: Path | None = LAB_OPTION,
+    inventory: Path | None = INVENTORY_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     import logging
 
@@ -261,6 +282,7 @@ def _root(
     else:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     install_log_masking()  # discovery tokens and private keys never reach a log line in full
+    apply_global_options(ctx)
 
 
 def main() -> None:

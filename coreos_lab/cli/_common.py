@@ -5,16 +5,17 @@ Short flags mean one thing everywhere: ``-N`` ``--node``, ``-n`` ``--lines`` (jo
 habit), ``-f`` ``--follow``, ``-t`` ``--timeout``, ``-l`` ``--full``, ``-i`` ``--inventory``, ``-v``
 ``--verbose``, ``-o`` ``--output``, ``-h`` ``--help``. Everything else has a long form only.
 
-This module is imported when the CLI starts: it imports typer and nothing of the library at its top.
+This module is imported when the CLI starts: it imports typer (and click) and nothing of the library at its top.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import click
 import typer
 
 from coreos_lab.errors import ConfigError, UsageError
@@ -46,7 +47,9 @@ INVENTORY_OPTION = typer.Option(
     help="OpenSSH client config naming the nodes (Host blocks), instead of the lab's Vagrant machines.",
 )
 NODES_OPTION = typer.Option(None, "--node", "-N", help="Only this node (repeatable). Default: every node.")
-NODE_OPTION = typer.Option(None, "--node", "-N", help="This node (e.g. for a global unit).")
+NODE_OPTION = typer.Option(
+    None, "--node", "-N", help="This node (e.g. for a global unit); with fleet, a machine ID (or its start)."
+)
 NO_PERSIST_OPTION = typer.Option(
     False,
     "--no-persist",
@@ -65,6 +68,31 @@ UNIT_TIMEOUT_OPTION = typer.Option(
 ETCD_TIMEOUT_OPTION = typer.Option(5.0, "--timeout", "-t", help="Seconds to wait for each etcd request.")
 FOLLOW_OPTION = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C to stop).")
 INTERVAL_OPTION = typer.Option(1.0, "--interval", help="With -f: seconds between polls.")
+# The unit commands' way to fleet. The environment variables are fleetctl's; they are read by the commands
+# (:func:`from_env`), not by click, so that a flag beats them wherever it is given, before the command or after.
+BACKEND_OPTION = typer.Option(
+    "auto", "--backend", help="auto (fleet when the nodes run fleetd, else systemd), fleet or systemd."
+)
+FLEET_ENDPOINT_OPTION = typer.Option(
+    None,
+    "--fleet-endpoint",
+    "--endpoint",  # fleetctl's spelling
+    help="fleet API: http://HOST:PORT, or unix:///var/run/fleet.sock on a node (over SSH) (also $FLEETCTL_ENDPOINT).",
+)
+TUNNEL_OPTION = typer.Option(
+    None,
+    "--tunnel",
+    help="Reach fleet's API through SSH on HOST: a node of the lab or inventory, or [USER@]HOST[:PORT] "
+    "(also $FLEETCTL_TUNNEL).",
+)
+SSH_USERNAME_OPTION = typer.Option(
+    None,
+    "--ssh-username",
+    help="SSH user for a --tunnel HOST and for fleet machines reached at their IP (default: core, as fleetctl).",
+)
+ENDPOINT_ENV: Final = "FLEETCTL_ENDPOINT"
+TUNNEL_ENV: Final = "FLEETCTL_TUNNEL"
+FLEET_SSH_USER: Final = "core"  # fleetctl's --ssh-username default
 
 
 def lines_option(default: int) -> Any:
@@ -106,6 +134,135 @@ def open_nodes(
     from coreos_lab.cluster import open_cluster
 
     return open_cluster(lab=lab, inventory=inventory, accept_new=accept_new, persist=not no_persist)
+
+
+def from_env(value: str | None, variable: str) -> str | None:
+    """An option's value, else fleetctl's environment variable for it (empty counts as unset)."""
+    import os
+
+    return value if value is not None else (os.environ.get(variable) or None)
+
+
+def parse_tunnel(spec: str) -> tuple[str | None, str, int | None]:
+    """``[USER@]HOST[:PORT]`` (``[::1]:2222`` for an IPv6 address) -> (user, host, port); UsageError if malformed.
+
+    >>> parse_tunnel("core@10.0.0.5:2222")
+    ('core', '10.0.0.5', 2222)
+    >>> parse_tunnel("core-01")
+    (None, 'core-01', None)
+    >>> parse_tunnel("[::1]:22")
+    (None, '::1', 22)
+    """
+    user, at, rest = spec.rpartition("@")
+    host, port_text = rest, ""
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            host = ""
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    if not host or (at and not user) or any(c.isspace() for c in spec) or (port_text and not port_text.isdigit()):
+        raise UsageError(f"--tunnel must be a node name or [USER@]HOST[:PORT], got {spec!r}")
+    port = int(port_text) if port_text else None
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--tunnel: port {port} is out of range")
+    return (user or None), host, port
+
+
+def tunnel_nodes(
+    spec: str,
+    lab: Path | None,
+    inventory: Path | None,
+    *,
+    ssh_username: str | None = None,
+    no_persist: bool = False,
+    accept_new: bool = False,
+) -> tuple[Cluster, str]:
+    """The cluster holding ``--tunnel``'s host and that host's name in it.
+
+    A bare name that the inventory (or the lab's config) names is that node, reached as the lab reaches it;
+    anything else is ``[USER@]HOST[:PORT]``, reached as fleetctl does (user ``core``, port 22) with host keys
+    checked against ~/.ssh/known_hosts.
+    """
+    from coreos_lab.cluster import Cluster
+    from coreos_lab.sshconfig import SSHTarget
+
+    user, host, port = parse_tunnel(spec)
+    if user is None and port is None:
+        if inventory is not None:
+            cluster = open_nodes(None, inventory, no_persist=no_persist, accept_new=accept_new)
+            if host in cluster.names:
+                return cluster, host
+            cluster.close()
+        else:
+            try:
+                the_lab = lab_dir(lab)
+            except ConfigError:
+                the_lab = None  # no lab here: the name is a host
+            if the_lab is not None and host in (lab_specs(the_lab, None) or {}):
+                return open_nodes(the_lab, None, no_persist=no_persist, accept_new=accept_new), host
+    target = SSHTarget(host, host, port or 22, user or ssh_username or FLEET_SSH_USER)
+    return Cluster.from_targets({host: target}, accept_new=accept_new, persist=not no_persist), host
+
+
+# -- global options: given before the command, as fleetctl takes them -------------------------------------------
+GLOBAL_OPTIONS: Final = ("backend", "fleet_endpoint", "tunnel", "ssh_username", "lab", "inventory", "as_json")
+
+
+class _GroupDefaults(dict[str, Any]):
+    """A command group's ``default_map``: its subcommands' defaults from the global options. A subcommand that
+    lacks one of them is refused when click makes its context, the moment the chosen one is known."""
+
+    def __init__(self, defaults: Mapping[str, Any], refused: Mapping[str, str]) -> None:
+        super().__init__(defaults)
+        self.refused = dict(refused)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.refused:
+            raise UsageError(self.refused[key])
+        return super().get(key, default)
+
+
+def global_defaults(command: click.Command, path: str, given: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """``command``'s ``default_map`` for the global options ``given`` (option strings -> value): each is the
+    default of the command's option of that spelling, so that the command's own flag, given after it, wins.
+    UsageError (``list-machines takes no --lab``) for one the command does not take."""
+    if isinstance(command, click.Group):
+        defaults: dict[str, Any] = {}
+        refused: dict[str, str] = {}
+        for name, sub in command.commands.items():
+            try:
+                defaults[name] = global_defaults(sub, f"{path} {name}", given)
+            except UsageError as exc:
+                refused[name] = str(exc)
+        return _GroupDefaults(defaults, refused)
+    out: dict[str, Any] = {}
+    for opts, value in given.items():
+        param = next((p for p in command.params if isinstance(p, click.Option) and set(p.opts) & set(opts)), None)
+        if param is None or param.name is None:
+            raise UsageError(f"{path} takes no {opts[0]}")
+        out[param.name] = value
+    return out
+
+
+def apply_global_options(ctx: click.Context) -> None:
+    """From the root callback: hand the global options given before the command to the command about to run
+    (``ctx.default_map``), nested groups included. The command's module is loaded already (click resolved it
+    before the callback), so this loads nothing."""
+    from click.core import ParameterSource
+
+    given: dict[tuple[str, ...], Any] = {}
+    for param in ctx.command.params:
+        if param.name in GLOBAL_OPTIONS and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            value = ctx.params[param.name]
+            given[tuple(param.opts)] = str(value) if isinstance(value, Path) else value
+    name = ctx.invoked_subcommand
+    if not given or name is None or not isinstance(ctx.command, click.Group):
+        return
+    command = ctx.command.get_command(ctx, name)
+    if command is not None:
+        ctx.default_map = {name: global_defaults(command, name, given)}
 
 
 # -- output ----------------------------------------------------------------------------------------------------------

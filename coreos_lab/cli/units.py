@@ -2,7 +2,8 @@
 
 ``deploy``, ``undeploy``, ``unit start|stop|cat|status``, ``list-units``, ``list-unit-files``,
 ``list-machines``, ``journal``, ``reconcile``. The desired state lives in etcd (see :mod:`coreos_lab.units`);
-nodes are the lab's Vagrant machines or an ``--inventory``.
+nodes are the lab's Vagrant machines or an ``--inventory``. With fleet (``--backend fleet``, ``--endpoint``,
+``--tunnel``), fleet keeps the desired state and the output is fleetctl's, line for line.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +21,10 @@ import typer
 
 from coreos_lab.cli._common import (
     ACCEPT_NEW_OPTION,
+    BACKEND_OPTION,
+    ENDPOINT_ENV,
+    FLEET_ENDPOINT_OPTION,
+    FLEET_SSH_USER,
     FLEETCTL_TAB_WIDTH,
     FOLLOW_OPTION,
     INTERVAL_OPTION,
@@ -27,26 +33,42 @@ from coreos_lab.cli._common import (
     LAB_OPTION,
     NO_PERSIST_OPTION,
     NODE_OPTION,
+    SSH_USERNAME_OPTION,
+    TUNNEL_ENV,
+    TUNNEL_OPTION,
     UNIT_TIMEOUT_OPTION,
     emit_json,
     emit_table,
+    from_env,
     lab_specs,
     lines_option,
     open_nodes,
     print_journal,
     report_problem,
+    tunnel_nodes,
 )
 from coreos_lab.errors import CoreosLabError, UsageError
 
 if TYPE_CHECKING:
+    from coreos_lab.fleet import FleetMachine
     from coreos_lab.units.base import UnitBackend
-    from coreos_lab.units.results import Listing
+    from coreos_lab.units.fleet_backend import FleetBackend, Reached
+    from coreos_lab.units.results import Listing, Report, StatusText
 
 SETTLE_OPTION = typer.Option(
     1.0,
     "--settle",
     help="Seconds a freshly started unit must stay active (no exit, no restart) to count as launched; 0: no check.",
     min=0.0,
+)
+NO_BLOCK_OPTION = typer.Option(
+    False,
+    "--no-block",
+    help="fleet: set the desired state and return without waiting (a unit no machine can take yet is left "
+    "launched, as fleetctl does). Refused with the systemd backend.",
+)
+SSH_PORT_OPTION = typer.Option(
+    22, "--ssh-port", help="fleet: the SSH port of the unit's machine, reached at its IP.", min=1, max=65535
 )
 FULL_OPTION = typer.Option(False, "--full", "-l", help="Do not shorten hashes.")
 NO_LEGEND_OPTION = typer.Option(False, "--no-legend", help="Do not print the column headers.")
@@ -56,40 +78,60 @@ FIELDS_OPTION = typer.Option(
 UNIT_ARG = typer.Argument(..., help="Unit name, e.g. myapp.service.")
 UNITS_ARG = typer.Argument(..., help="Unit names.")
 UNIT_FILES_ARG = typer.Argument(..., help="Unit files; the file name is the unit name.")
-BACKEND_OPTION = typer.Option(
-    "auto", "--backend", help="auto (fleet when the nodes run fleetd, else systemd), fleet or systemd."
-)
-FLEET_ENDPOINT_OPTION = typer.Option(
-    None,
-    "--fleet-endpoint",
-    "--endpoint",  # fleetctl's spelling, and its environment variable
-    envvar="FLEETCTL_ENDPOINT",
-    help="fleet API: http://HOST:PORT, or unix:///var/run/fleet.sock on a node (over SSH).",
-)
 
 unit_app = typer.Typer(name="unit", help="Start, stop, show or inspect one deployed unit.", no_args_is_help=True)
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where the units are: the ``--backend`` and its way to fleet, the lab or inventory, how to connect."""
+
+    backend: str
+    fleet_endpoint: str | None
+    tunnel: str | None
+    ssh_username: str | None
+    lab: Path | None
+    inventory: Path | None
+    no_persist: bool
+    accept_new: bool
+
+
 @contextmanager
-def _backend(
-    backend: str,
-    endpoint: str | None,
-    lab: Path | None,
-    inventory: Path | None,
-    no_persist: bool,
-    accept_new: bool,
-) -> Iterator[UnitBackend]:
-    """The ``--backend`` the user asked for (see :func:`coreos_lab.units.base.get_backend`); the nodes are
-    opened only when the backend needs them, and closed on the way out."""
+def _backend(w: _Where, *, report: Report | None = None, block: bool = True) -> Iterator[UnitBackend]:
+    """The backend the user asked for (see :func:`coreos_lab.units.base.open_backend`); the nodes are opened
+    only when the backend needs them, and closed on the way out. fleetctl's environment variables stand in
+    for ``--endpoint`` and ``--tunnel``, unless ``--backend systemd`` says fleet is not wanted."""
     from coreos_lab.units.base import open_backend
 
+    fleet_wanted = w.backend != "systemd"
+    endpoint = from_env(w.fleet_endpoint, ENDPOINT_ENV) if fleet_wanted else w.fleet_endpoint
+    tunnel = from_env(w.tunnel, TUNNEL_ENV) if fleet_wanted else w.tunnel
+    through = None
+    if tunnel is not None:
+        through = partial(
+            tunnel_nodes,
+            tunnel,
+            w.lab,
+            w.inventory,
+            ssh_username=w.ssh_username,
+            no_persist=w.no_persist,
+            accept_new=w.accept_new,
+        )
     with open_backend(
-        backend,
-        lambda: open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new),
+        w.backend,
+        lambda: open_nodes(w.lab, w.inventory, no_persist=w.no_persist, accept_new=w.accept_new),
         endpoint=endpoint,
-        specs=lambda: lab_specs(lab, inventory),
+        specs=lambda: lab_specs(w.lab, w.inventory),
+        tunnel=through,
+        report=report,
+        block=block,
     ) as chosen:
         yield chosen
+
+
+def _progress(as_json: bool) -> Report | None:
+    """fleetctl's progress lines go to stdout as they happen, except under ``--json``."""
+    return None if as_json else typer.echo
 
 
 def _emit_listing(listing: Listing, *, as_json: bool, legend: bool) -> None:
@@ -139,9 +181,12 @@ def deploy_cmd(
     unit_files: list[Path] = UNIT_FILES_ARG,
     timeout: float = UNIT_TIMEOUT_OPTION,
     settle: float = SETTLE_OPTION,
+    no_block: bool = NO_BLOCK_OPTION,
     as_json: bool = JSON_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -151,9 +196,10 @@ def deploy_cmd(
     from coreos_lab.units.results import DeployInterrupted
 
     units = _read_units(unit_files)  # every file is checked before any node is touched
+    w = _Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)
     deploying = False
     try:
-        with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+        with _backend(w, report=_progress(as_json), block=not no_block) as b:
             deploying = True
             outcomes = b.deploy(units, timeout=timeout, settle=settle)
     except DeployInterrupted:
@@ -167,18 +213,18 @@ def deploy_cmd(
         emit_json([o.to_json() for o in outcomes])
     else:
         for o in outcomes:
-            for w in o.warnings:
-                report_problem(w, label="warning")
+            for w_ in o.warnings:
+                report_problem(w_, label="warning")
             if o.status == "unchanged":
                 where = ", ".join(b.where(n) for n in o.nodes) or "-"
                 typer.echo(f"Unit {o.unit} unchanged: {o.detail} (launched on {where})")
                 continue
             for n in o.nodes:
-                if n.ok:
+                if not n.ok:
+                    report_problem(f"Unit {o.unit} failed on {b.where(n)}: {n.error}", details=n.journal)
+                elif not o.reported:
                     verb = "updated and launched" if o.status == "updated" else "launched"
                     typer.echo(f"Unit {o.unit} {verb} on {b.where(n)}")
-                else:
-                    report_problem(f"Unit {o.unit} failed on {b.where(n)}: {n.error}", details=n.journal)
             if o.detail:
                 typer.echo(f"Unit {o.unit}: {o.detail}")
     if not all(o.ok for o in outcomes):
@@ -190,6 +236,8 @@ def undeploy_cmd(
     as_json: bool = JSON_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -200,7 +248,7 @@ def undeploy_cmd(
 
     for u in units:
         validate_unit_name(u)
-    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+    with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         outcomes = b.undeploy(units)
     if as_json:
         emit_json([o.to_json() for o in outcomes])
@@ -223,6 +271,8 @@ def list_units_cmd(
     fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -232,7 +282,7 @@ def list_units_cmd(
     from coreos_lab.units.results import parse_fields
 
     chosen = parse_fields("list-units", fields) if fields is not None else None  # checked before any node is asked
-    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+    with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         listing = b.list_units(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
@@ -244,6 +294,8 @@ def list_unit_files_cmd(
     fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -253,7 +305,7 @@ def list_unit_files_cmd(
     from coreos_lab.units.results import parse_fields
 
     chosen = parse_fields("list-unit-files", fields) if fields is not None else None  # checked before any node is asked
-    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+    with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         listing = b.list_unit_files(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
@@ -265,6 +317,8 @@ def list_machines_cmd(
     fields: str | None = FIELDS_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -274,7 +328,7 @@ def list_machines_cmd(
     from coreos_lab.units.results import parse_fields
 
     chosen = parse_fields("list-machines", fields) if fields is not None else None  # checked before any node is asked
-    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+    with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         listing = b.list_machines(full=full, fields=chosen)
     _emit_listing(listing, as_json=as_json, legend=not no_legend)
 
@@ -285,6 +339,11 @@ def journal_cmd(
     follow: bool = FOLLOW_OPTION,
     interval: float = INTERVAL_OPTION,
     node: str | None = NODE_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
+    ssh_port: int = SSH_PORT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -293,14 +352,32 @@ def journal_cmd(
     """The unit's journal from the node it runs on (fleetctl journal)."""
     from coreos_lab.systemd import SystemdClient
     from coreos_lab.unitfile import validate_unit_name
-    from coreos_lab.units.systemd_backend import journal_node
+    from coreos_lab.units.fleet_backend import FleetBackend
+    from coreos_lab.units.systemd_backend import SystemdBackend, journal_node
 
     validate_unit_name(unit)
     if lines < 0 or interval <= 0:
         raise UsageError("-n must be >= 0 and --interval > 0")
-    with open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new) as cluster:
-        client = SystemdClient(cluster.runner(node or journal_node(cluster, unit)))
+    w = _Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)
+    with _backend(w) as b:
+        if isinstance(b, FleetBackend):
+            # as fleetctl journal: on the (first) machine fleet says holds the unit
+            with _reach(b, b.machines_of(unit, node)[:1], w, ssh_port) as reached:
+                client = SystemdClient(reached[0].runner)
+                print_journal(client, unit, lines=lines, follow=follow, interval=interval)
+            return
+        if not isinstance(b, SystemdBackend):
+            raise UsageError(f"journal: the {b.name} backend has no journal")
+        client = SystemdClient(b.cluster.runner(node or journal_node(b.cluster, unit)))
         print_journal(client, unit, lines=lines, follow=follow, interval=interval)
+
+
+def _reach(
+    b: FleetBackend, machines: tuple[FleetMachine, ...], w: _Where, port: int
+) -> AbstractContextManager[list[Reached]]:
+    """:meth:`FleetBackend.reach` as fleetctl logs in to a machine at its IP: ``--ssh-username`` (core)."""
+    user = w.ssh_username or FLEET_SSH_USER
+    return b.reach(machines, user=user, port=port, accept_new=w.accept_new, persist=not w.no_persist)
 
 
 def reconcile_cmd(
@@ -337,30 +414,22 @@ def reconcile_cmd(
 
 
 # ---- unit start|stop|cat|status ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Where:
-    backend: str
-    fleet_endpoint: str | None
-    lab: Path | None
-    inventory: Path | None
-    no_persist: bool
-    accept_new: bool
-
-
-def _state_change(unit: str, desired: Literal["launched", "loaded"], timeout: float, as_json: bool, w: _Where) -> None:
+def _state_change(
+    unit: str, desired: Literal["launched", "loaded"], timeout: float, as_json: bool, w: _Where, block: bool = True
+) -> None:
     from coreos_lab.unitfile import validate_unit_name
 
     validate_unit_name(unit)
-    with _backend(w.backend, w.fleet_endpoint, w.lab, w.inventory, w.no_persist, w.accept_new) as b:
+    with _backend(w, report=_progress(as_json), block=block) as b:
         change = b.set_state(unit, desired, timeout=timeout)
     if as_json:
         emit_json(change.to_json())
     else:
         for n in change.nodes:
-            if n.ok:
-                typer.echo(f"Unit {unit} {desired} on {b.where(n)}")
-            else:
+            if not n.ok:
                 report_problem(f"Unit {unit} on {b.where(n)}: {n.error}")
+            elif not change.reported:
+                typer.echo(f"Unit {unit} {desired} on {b.where(n)}")
     if not change.ok:
         raise typer.Exit(1)
 
@@ -369,17 +438,20 @@ def _state_change(unit: str, desired: Literal["launched", "loaded"], timeout: fl
 def unit_start(
     unit: str = UNIT_ARG,
     timeout: float = UNIT_TIMEOUT_OPTION,
+    no_block: bool = NO_BLOCK_OPTION,
     as_json: bool = JSON_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Set the unit's desired state to launched and start it on its node(s)."""
-    w = _Where(backend, fleet_endpoint, lab, inventory, no_persist, accept_new)
-    _state_change(unit, "launched", timeout, as_json, w)
+    w = _Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)
+    _state_change(unit, "launched", timeout, as_json, w, block=not no_block)
 
 
 @unit_app.command("stop")
@@ -389,13 +461,15 @@ def unit_stop(
     as_json: bool = JSON_OPTION,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Set the unit's desired state to loaded and stop it (it stays installed)."""
-    w = _Where(backend, fleet_endpoint, lab, inventory, no_persist, accept_new)
+    w = _Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)
     _state_change(unit, "loaded", timeout, as_json, w)
 
 
@@ -404,6 +478,8 @@ def unit_cat(
     unit: str = UNIT_ARG,
     backend: str = BACKEND_OPTION,
     fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
@@ -413,7 +489,7 @@ def unit_cat(
     from coreos_lab.unitfile import validate_unit_name
 
     validate_unit_name(unit)
-    with _backend(backend, fleet_endpoint, lab, inventory, no_persist, accept_new) as b:
+    with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         content = b.cat(unit)
     sys.stdout.write(content if content.endswith("\n") else content + "\n")
 
@@ -422,19 +498,23 @@ def unit_cat(
 def unit_status(
     unit: str = UNIT_ARG,
     as_json: bool = JSON_OPTION,
+    backend: str = BACKEND_OPTION,
+    fleet_endpoint: str | None = FLEET_ENDPOINT_OPTION,
+    tunnel: str | None = TUNNEL_OPTION,
+    ssh_username: str | None = SSH_USERNAME_OPTION,
+    ssh_port: int = SSH_PORT_OPTION,
     lab: Path | None = LAB_OPTION,
     inventory: Path | None = INVENTORY_OPTION,
     no_persist: bool = NO_PERSIST_OPTION,
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Show systemctl status of the unit on its node(s); exits like systemctl (3: not running)."""
-    from coreos_lab.probe import probe_nodes
     from coreos_lab.unitfile import validate_unit_name
-    from coreos_lab.units.systemd_backend import unit_status as status_texts
 
     validate_unit_name(unit)
-    with open_nodes(lab, inventory, no_persist=no_persist, accept_new=accept_new) as cluster:
-        texts = status_texts(cluster, unit, facts=probe_nodes(cluster, lab_specs(lab, inventory)))
+    w = _Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)
+    with _backend(w) as b:
+        texts = _status_texts(b, unit, w, ssh_port)
     if as_json:
         emit_json([t.to_json() for t in texts])
     else:
@@ -445,6 +525,20 @@ def unit_status(
     worst = next((t.exit_code for t in texts if t.exit_code), 0)
     if worst:
         raise typer.Exit(worst if 0 < worst < 256 else 1)
+
+
+def _status_texts(b: UnitBackend, unit: str, w: _Where, ssh_port: int) -> tuple[StatusText, ...]:
+    """``systemctl status`` where the unit is: on the machines fleet says (as fleetctl status), or on the
+    targets of its record (the systemd backend)."""
+    from coreos_lab.units.fleet_backend import FleetBackend, status_texts
+    from coreos_lab.units.systemd_backend import SystemdBackend, unit_status
+
+    if isinstance(b, FleetBackend):
+        with _reach(b, b.machines_of(unit), w, ssh_port) as reached:
+            return status_texts(reached, unit)
+    if not isinstance(b, SystemdBackend):
+        raise UsageError(f"unit status: the {b.name} backend has no status")
+    return unit_status(b.cluster, unit, facts=b.facts)
 
 
 def register(app: typer.Typer) -> None:

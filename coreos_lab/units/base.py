@@ -22,8 +22,9 @@ from coreos_lab.nodeshell import FLEET_SOCKET
 if TYPE_CHECKING:
     from coreos_lab.cluster import Cluster
     from coreos_lab.config import NodeSpec
+    from coreos_lab.fleet import FleetClient
     from coreos_lab.unitfile import UnitFile
-    from coreos_lab.units.results import DeployOutcome, Listing, NodeOutcome, StateChange, UndeployOutcome
+    from coreos_lab.units.results import DeployOutcome, Listing, NodeOutcome, Report, StateChange, UndeployOutcome
 
 BACKENDS: Final = ("auto", "fleet", "systemd")
 
@@ -69,16 +70,27 @@ class UnitBackend(Protocol):
         ...
 
 
-def check_endpoint(backend: str, endpoint: str | None) -> None:
-    """Refuse a backend name or fleet endpoint that cannot work (UsageError, exit 2), before anything runs."""
+NO_BLOCK_REFUSED: Final = (
+    "--no-block needs the fleet backend: the systemd backend starts a unit and judges it before it records "
+    "the outcome (--timeout bounds the wait)"
+)
+
+
+def check_endpoint(backend: str, endpoint: str | None, *, tunnel: bool = False, block: bool = True) -> None:
+    """Refuse a backend name, fleet endpoint or fleet-only flag that cannot work (UsageError, exit 2), before
+    anything runs."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if endpoint is None:
-        return
     if backend == "systemd":
-        raise UsageError("--fleet-endpoint needs --backend fleet (or auto)")
-    if not endpoint.startswith(("http://", "https://", "unix:///")):
+        for asked, flag in ((endpoint is not None, "--fleet-endpoint"), (tunnel, "--tunnel")):
+            if asked:
+                raise UsageError(f"{flag} needs --backend fleet (or auto)")
+        if not block:
+            raise UsageError(NO_BLOCK_REFUSED)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://", "unix:///")):
         raise UsageError(f"--fleet-endpoint must be http://HOST:PORT or unix:///PATH, got {endpoint!r}")
+    if tunnel and endpoint is not None and not endpoint.startswith("unix:"):
+        raise UsageError("--tunnel reaches fleet's unix socket on the far side: give no endpoint, or unix:///PATH")
 
 
 def get_backend(
@@ -87,15 +99,19 @@ def get_backend(
     *,
     endpoint: str | None = None,
     specs: Mapping[str, NodeSpec] | None = None,
+    report: Report | None = None,
+    block: bool = True,
 ) -> UnitBackend:
     """The backend for ``cluster``: probes the nodes once (their facts serve the systemd backend's placement).
 
     ``fleet`` (or ``auto`` with a node running fleetd, or a ``unix:///`` endpoint) talks to fleet's socket on
-    a node, over SSH: the first node that runs fleetd, else the first reachable one.
+    a node, over SSH: the first node that runs fleetd, else the first reachable one. ``report`` and ``block``
+    are the fleet backend's (see :class:`~coreos_lab.units.fleet_backend.FleetBackend`); ``block`` False with
+    the systemd backend is refused before anything is changed.
     """
     from coreos_lab.probe import probe_nodes
 
-    check_endpoint(backend, endpoint)
+    check_endpoint(backend, endpoint, block=block)
     facts = probe_nodes(cluster, specs)
     reachable = [f for f in facts.values() if f.reachable]
     with_fleet = [f for f in reachable if f.runs_fleet]
@@ -106,7 +122,10 @@ def get_backend(
         chosen = (with_fleet or reachable)[:1]
         if not chosen:
             raise CoreosLabError("no node is reachable to talk to fleet through")
-        return FleetBackend(cluster.fleet(chosen[0].name, socket_path), cluster)
+        client = cluster.fleet(chosen[0].name, socket_path)
+        return FleetBackend(client, cluster, facts=facts, report=report, block=block)
+    if not block:
+        raise UsageError(NO_BLOCK_REFUSED)
     from coreos_lab.units.systemd_backend import SystemdBackend
 
     return SystemdBackend(cluster, facts)
@@ -119,19 +138,42 @@ def open_backend(
     *,
     endpoint: str | None = None,
     specs: Callable[[], Mapping[str, NodeSpec] | None] | None = None,
+    tunnel: Callable[[], tuple[Cluster, str]] | None = None,
+    report: Report | None = None,
+    block: bool = True,
 ) -> Iterator[UnitBackend]:
     """:func:`get_backend` with the cluster's lifetime: ``connect`` is called only when nodes are needed (an
     ``http(s)://`` fleet endpoint needs none), and the cluster is closed on the way out, Ctrl-C included, so
-    in-flight node steps have stopped when this returns."""
-    check_endpoint(backend, endpoint)
+    in-flight node steps have stopped when this returns.
+
+    ``tunnel`` (fleetctl's ``--tunnel``): the cluster and node to reach fleet through over SSH, at its unix
+    socket there (``endpoint``'s path, else /var/run/fleet.sock).
+    """
+    check_endpoint(backend, endpoint, tunnel=tunnel is not None, block=block)
+    if tunnel is not None:
+        from coreos_lab.units.fleet_backend import FleetBackend
+
+        cluster, node = tunnel()
+        try:
+            yield FleetBackend(_tunnelled(cluster, node, endpoint), cluster, report=report, block=block)
+        finally:
+            cluster.close()
+        return
     if endpoint is not None and not endpoint.startswith("unix:"):
         from coreos_lab.fleet import FleetClient
         from coreos_lab.units.fleet_backend import FleetBackend
 
-        yield FleetBackend(FleetClient(endpoint))
+        yield FleetBackend(FleetClient(endpoint), report=report, block=block)
         return
     cluster = connect()
     try:
-        yield get_backend(backend, cluster, endpoint=endpoint, specs=specs() if specs else None)
+        yield get_backend(
+            backend, cluster, endpoint=endpoint, specs=specs() if specs else None, report=report, block=block
+        )
     finally:
         cluster.close()
+
+
+def _tunnelled(cluster: Cluster, node: str, endpoint: str | None) -> FleetClient:
+    """A fleet client for the unix socket ``endpoint`` (default /var/run/fleet.sock) on node ``node``."""
+    return cluster.fleet(node, endpoint[len("unix://") :] if endpoint else FLEET_SOCKET)

@@ -6,7 +6,7 @@ types, so the CLI prints a deploy the same way whichever backend ran it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 # systemd ActiveStates in which a unit counts as running (launched) rather than only installed (loaded).
 ACTIVE_STATES: Final = ("active", "reloading", "activating", "deactivating")
+# Where a backend says how its units are doing, a line at a time, as it goes (fleetctl's progress lines).
+Report = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +49,17 @@ class NodeOutcome:
         }
 
 
-DeployStatus = Literal["launched", "updated", "unchanged", "failed"]
+DeployStatus = Literal["launched", "updated", "unchanged", "failed", "triggered"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeployOutcome:
-    """One unit's deploy: ``unchanged`` when identical content was already deployed (nothing was done)."""
+    """One unit's deploy: ``unchanged`` when identical content was already deployed (nothing was done),
+    ``triggered`` when its desired state was set and not waited for (``--no-block``).
+
+    ``reported``: the backend already said how it went, line by line (its :data:`Report`), so the caller
+    adds only the problems.
+    """
 
     unit: str
     hash: str
@@ -60,6 +67,7 @@ class DeployOutcome:
     nodes: tuple[NodeOutcome, ...] = ()
     detail: str = ""
     warnings: tuple[str, ...] = ()
+    reported: bool = False
 
     @property
     def ok(self) -> bool:
@@ -105,12 +113,14 @@ class UndeployOutcome:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """``unit start|stop``: the new desired state and what each target node did."""
+    """``unit start|stop``: the new desired state and what each target node did (``reported``: as in
+    :class:`DeployOutcome`)."""
 
     unit: str
     desired_state: str
     changed: bool
     nodes: tuple[NodeOutcome, ...] = ()
+    reported: bool = False
 
     @property
     def ok(self) -> bool:

@@ -8,7 +8,6 @@ exactly what fleetctl printed, stdout and stderr.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,34 +16,13 @@ from typer.testing import CliRunner
 from coreos_lab.cli import app
 from coreos_lab.fleet import FleetClient
 from coreos_lab.unitfile import UnitFile
-from tests.fleet_double import FleetDouble, FleetState
+from tests.fleet_double import FleetDouble, FleetState, load_more_runs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fleet-v1.0.0"
 MACHINE = "3d1219c7c4c5404aaa1f6d2a48adfda4"
 
 
-@dataclass(frozen=True)
-class Run:
-    argv: tuple[str, ...]
-    stdout: str
-    stderr: str
-    rc: int
-
-
-def captured_runs() -> dict[str, Run]:
-    """fleetctl-more.txt: ``$ fleetctl ARGS`` then ``stdout| ``/``stderr| `` lines and ``rc=N``."""
-    runs: dict[str, Run] = {}
-    for block in (FIXTURES / "fleetctl-more.txt").read_text().split("\n$ ")[0:]:
-        lines = block.removeprefix("$ ").split("\n")
-        cmd = lines[0]
-        out = "".join(ln.removeprefix("stdout| ") + "\n" for ln in lines[1:] if ln.startswith("stdout| "))
-        err = "".join(ln.removeprefix("stderr| ") + "\n" for ln in lines[1:] if ln.startswith("stderr| "))
-        rc = next(int(ln[3:]) for ln in lines[1:] if ln.startswith("rc="))
-        runs[cmd] = Run(tuple(cmd.split()[1:]), out, err, rc)
-    return runs
-
-
-RUNS = captured_runs()
+RUNS = load_more_runs()
 FIELD_RUNS = [cmd for cmd in RUNS if "--fields" in cmd or cmd == "fleetctl list-machines --no-legend"]
 
 
@@ -121,7 +99,7 @@ def test_an_instance_without_a_file_of_its_own_comes_from_its_template(tmp_path:
     with FleetDouble(state) as fd:
         result = CliRunner().invoke(app, ["deploy", str(tmp_path / "web@3.service"), "--endpoint", fd.url])
         assert result.exit_code == 0, result.output
-        assert result.stdout == "Unit web@3.service launched on 3d1219c7.../127.0.0.1\n"
+        assert result.stdout == "Unit web@3.service inactive\nUnit web@3.service launched on 3d1219c7.../127.0.0.1\n"
         stored = FleetClient(fd.url).unit("web@3.service")
         assert stored is not None
         assert stored.hash == UnitFile.parse(template, name="web@3.service").hash

@@ -597,7 +597,7 @@ def test_cli_drives_fleet_like_fleetctl(tmp_path: Path) -> None:
 
         first = run("deploy", str(unit_path), "--timeout", "5")
         assert first.exit_code == 0, first.output
-        assert first.output == "Unit hello.service launched on 3d1219c7.../127.0.0.1\n"
+        assert first.output == "Unit hello.service inactive\nUnit hello.service launched on 3d1219c7.../127.0.0.1\n"
         assert fd.state.units["hello.service"]["desiredState"] == "launched"
         again = run("deploy", str(unit_path))
         assert again.exit_code == 0

@@ -322,7 +322,7 @@ def fake_target(monkeypatch: pytest.MonkeyPatch) -> None:
     from coreos_lab.cli import units as cli_units
 
     @contextmanager
-    def target(*_: Any) -> Iterator[Any]:
+    def target(*_: Any, **__: Any) -> Iterator[Any]:
         yield sb.SystemdBackend(Cluster({}), {})
 
     monkeypatch.setattr(cli_units, "_backend", target)
@@ -392,7 +392,7 @@ def test_cli_plain_ctrl_c_says_whether_the_deploy_had_begun(
         raise KeyboardInterrupt
 
     @contextmanager
-    def target(*_: Any) -> Iterator[Any]:
+    def target(*_: Any, **__: Any) -> Iterator[Any]:
         if where == "connect":
             ctrl_c()
         yield sb.SystemdBackend(Cluster({}), {})
