@@ -1,8 +1,9 @@
 """The lab's source of truth: ``coreos-lab.toml`` <-> frozen dataclasses, with validation.
 
-Every other file of a lab (Vagrantfile, config.rb, cloud-config/<node>.yaml) is rendered from a ``LabConfig``
-by :mod:`coreos_lab.render`. Validation here is the first line of defence against values that would break
-or inject into the rendered Ruby, YAML or systemd text; the templates' escaping filters are the second.
+Every other file of a lab (Vagrantfile, config.rb, cloud-config/<node>.yaml or ignition/<node>.ign) is rendered
+from a ``LabConfig`` by :mod:`coreos_lab.render`. Validation here is the first line of defence against values
+that would break or inject into the rendered Ruby, YAML or systemd text; the templates' escaping filters are the
+second.
 
 >>> cfg = validate(LabConfig(instances=2))
 >>> [(n.name, n.ip) for n in cfg.nodes]
@@ -30,6 +31,8 @@ OS_CHOICES: Final = ("flatcar", "coreos")
 CHANNELS: Final = ("stable", "beta", "alpha", "lts")
 PROVIDERS: Final = ("virtualbox", "libvirt")
 BOOTSTRAPS: Final = ("discovery", "static", "self-hosted")
+# How a node gets its configuration at first boot: coreos-cloudinit (the seed's recipe) or Ignition.
+PROVISIONS: Final = ("cloud-config", "ignition")
 MAX_INSTANCES: Final = 32
 MIN_MEMORY: Final = 512
 MAX_MEMORY: Final = 1024 * 1024
@@ -84,6 +87,10 @@ class LabConfig:
     cluster_token: str = "coreos-lab"  # noqa: S105 - etcd initial-cluster-token, not a secret
     metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     tls: bool = False
+    provision: str = "cloud-config"
+    # The user's own Ignition configs merged into every node's (provision "ignition"): paths relative to the lab
+    # directory, or absolute. A list in the TOML, a tuple here.
+    ignition_merge: tuple[str, ...] = ()
     # coreos-vagrant config.rb variables
     enable_serial_logging: bool = False
     share_home: bool = False
@@ -97,6 +104,8 @@ class LabConfig:
     nodes: tuple[NodeSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ignition_merge, list):  # as tomllib reads it: kept as a tuple so configs compare equal
+            object.__setattr__(self, "ignition_merge", tuple(self.ignition_merge))
         object.__setattr__(self, "nodes", _place_nodes(self))
 
     def node(self, name: str) -> NodeSpec:
@@ -155,6 +164,7 @@ def validate(cfg: LabConfig, *, draft: bool = False, discovery_endpoint: str | N
         ("os", cfg.os, OS_CHOICES),
         ("provider", cfg.provider, PROVIDERS),
         ("bootstrap", cfg.bootstrap, BOOTSTRAPS),
+        ("provision", cfg.provision, PROVISIONS),
     ):
         if value not in choices:
             raise ConfigError(f"{fname} must be one of {', '.join(choices)}, got {value!r}")
@@ -164,6 +174,7 @@ def validate(cfg: LabConfig, *, draft: bool = False, discovery_endpoint: str | N
     _check_box(cfg)
     _check_bootstrap(cfg, draft=draft, endpoint=discovery_endpoint)
     _check_metadata(cfg)
+    _check_provision(cfg)
     _check_vagrant_vars(cfg)
     return cfg
 
@@ -248,6 +259,25 @@ def _check_metadata(cfg: LabConfig) -> None:
                 )
 
 
+def _check_provision(cfg: LabConfig) -> None:
+    if cfg.provision == "ignition" and cfg.os != "flatcar":
+        raise ConfigError(
+            f"provision ignition needs os flatcar, got {cfg.os!r}",
+            hint="Container Linux read Ignition spec 2 configs; coreos-lab renders spec 3 for Flatcar",
+        )
+    merges = cfg.ignition_merge
+    if not isinstance(merges, tuple) or not all(_clean_text(m) for m in merges):
+        raise ConfigError(f"ignition_merge must be a list of file paths, got {merges!r}")
+    if merges and cfg.provision != "ignition":
+        raise ConfigError(
+            'ignition_merge (--ignition-merge) needs provision = "ignition" (--provision ignition): '
+            "a cloud-config lab merges no Ignition"
+        )
+    twice = sorted({m for m in merges if merges.count(m) > 1})
+    if twice:
+        raise ConfigError(f"ignition_merge lists {twice[0]} twice")
+
+
 def _check_vagrant_vars(cfg: LabConfig) -> None:
     if not isinstance(cfg.shared_folders, Mapping):
         raise ConfigError("shared_folders must be a table of host path = guest path")
@@ -305,7 +335,7 @@ def load(lab_dir: Path) -> LabConfig:
 
 TOML_HEADER: Final = (
     "# coreos-lab lab configuration: the source of truth for this lab.\n"
-    "# Edit it, then run 'coreos-lab render' to re-render Vagrantfile, config.rb and cloud-config/.\n"
+    "# Edit it, then run 'coreos-lab render' to re-render Vagrantfile, config.rb and cloud-config/ (or ignition/).\n"
 )
 
 

@@ -13,7 +13,9 @@ So coreos-lab renders neither name (its per-node cloud-configs live in :data:`CL
 root ``user-data`` file as the user's cloud-config for every node (merged into each rendered cloud-config by
 :mod:`coreos_lab.render`, after these checks) and a root ``config.ign`` as the user's Ignition config (checked,
 never rewritten). Each rendered cloud-config records the sha256 of both, so :func:`pickup_problems` can tell
-what changed since the last render. Nothing here imports the renderer (jinja2, cryptography): ``up`` and
+what changed since the last render. A lab provisioned by Ignition (``provision = "ignition"``) hands each node
+its own ``ignition/<node>.ign`` and no cloud-config, so there a root ``user-data`` or ``config.ign`` is refused
+outright (:func:`ignition_lab_problems`). Nothing here imports the renderer (jinja2, cryptography): ``up`` and
 ``doctor`` use it; PyYAML loads only when a root ``user-data`` is parsed.
 """
 
@@ -34,6 +36,7 @@ from coreos_lab.errors import UsageError
 
 HEADER: Final = f"Generated from {CONFIG_NAME} by `coreos-lab render`: edit {CONFIG_NAME} and re-render, not this file."
 CLOUD_CONFIG_DIR: Final = "cloud-config"  # cloud-config/<node>.yaml, rendered
+IGNITION_DIR: Final = "ignition"  # ignition/<node>.ign, rendered for provision "ignition" (never a root config.ign)
 LEGACY_USER_DATA_DIR: Final = "user-data"  # where coreos-lab rendered them before: the box uploads it whole
 ROOT_USER_DATA: Final = "user-data"  # the user's cloud-config for every node (coreos-vagrant's file)
 ROOT_IGNITION: Final = "config.ign"  # the user's Ignition config, left to the box
@@ -521,9 +524,14 @@ def check_ignition(raw: bytes, path: Path, provider: str) -> Ignition:
             hint="keep a small config.ign whose ignition.config.merge points at a URL holding the rest, "
             "or put it in the user-data cloud-config",
         )
+    check_ignition_claims(data, source)
+    return Ignition(path, hashlib.sha256(raw).hexdigest(), len(raw), version, provider)
+
+
+def check_ignition_claims(data: Mapping[str, Any], source: str) -> None:
+    """UsageError when an Ignition config defines a unit coreos-lab configures or writes a path it owns."""
     _check_ignition_units(data, source)
     _check_ignition_files(data, source)
-    return Ignition(path, hashlib.sha256(raw).hexdigest(), len(raw), version, provider)
 
 
 def _check_ignition_units(data: Mapping[str, Any], source: str) -> None:
@@ -641,6 +649,44 @@ def check_legacy_user_data(lab_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------- what the box would pick up unexpectedly
 
 
+def ignition_lab_problems(lab_dir: Path) -> list[str]:
+    """The lab root's files Flatcar's box would hand the nodes of an Ignition lab besides their own configs.
+
+    A root ``config.ign`` would reach Ignition a second time (on libvirt a duplicate fw_cfg name, which QEMU
+    refuses; on VirtualBox it would replace the node's guest property); a root ``user-data`` would be uploaded
+    and applied as cloud-config, and a node provisioned by Ignition gets none. (A ``user-data`` directory is the
+    old layout's, reported by :func:`pickup_problems` and cleared by a render.)
+    """
+    lab_dir = Path(lab_dir)
+    problems = []
+    if (lab_dir / ROOT_IGNITION).exists() or (lab_dir / ROOT_IGNITION).is_symlink():
+        problems.append(
+            f"{ROOT_IGNITION} in an Ignition lab: Flatcar's box would hand it to Ignition beside each node's own "
+            f"{IGNITION_DIR}/<node>.ign; move it elsewhere and pass it with --ignition-merge FILE"
+        )
+    user_data = lab_dir / ROOT_USER_DATA
+    if (user_data.exists() or user_data.is_symlink()) and not user_data.is_dir():
+        problems.append(
+            f"{ROOT_USER_DATA} in an Ignition lab: Flatcar's box would apply it as every node's cloud-config, and a "
+            "node provisioned by Ignition gets none; move it away (its files and units go in an --ignition-merge FILE)"
+        )
+    return problems
+
+
+def _ignition_config_problems(lab_dir: Path, cfg: LabConfig) -> list[str]:
+    problems = ignition_lab_problems(lab_dir)
+    for node in cfg.nodes:
+        path = Path(lab_dir) / IGNITION_DIR / f"{node.name}.ign"
+        if not path.is_file():
+            problems.append(f"{IGNITION_DIR}/{node.name}.ign is missing: {node.name} would boot with no configuration")
+        elif cfg.provider == "virtualbox" and path.stat().st_size > VBOX_GUESTPROP_MAX:
+            problems.append(
+                f"{IGNITION_DIR}/{node.name}.ign is {path.stat().st_size} bytes: VirtualBox guest properties hold "
+                f"{VBOX_GUESTPROP_MAX} bytes (vagrant up would fail with VERR_TOO_MUCH_DATA)"
+            )
+    return problems
+
+
 def pickup_problems(lab_dir: Path, cfg: LabConfig | None = None) -> list[str]:
     """Everything Flatcar's box would pick up from ``lab_dir`` that the last ``coreos-lab render`` did not see.
 
@@ -648,7 +694,8 @@ def pickup_problems(lab_dir: Path, cfg: LabConfig | None = None) -> list[str]:
     or removed since the last render (the sha256 each rendered cloud-config records; a missing or older
     cloud-config records nothing), one that is not a regular file, a config.ign too big for VirtualBox. Reads
     the lab directory, nothing else; an empty list means ``up`` may boot. ``cfg`` defaults to the lab's
-    coreos-lab.toml.
+    coreos-lab.toml. In an Ignition lab: a root user-data file or config.ign at all, a node's
+    ``ignition/<node>.ign`` missing or too big for VirtualBox.
     """
     lab_dir = Path(lab_dir)
     if cfg is None:
@@ -662,6 +709,8 @@ def pickup_problems(lab_dir: Path, cfg: LabConfig | None = None) -> list[str]:
             f"{LEGACY_USER_DATA_DIR}/ is a directory (coreos-lab's old layout): Flatcar's box would upload it whole "
             f"and the nodes would skip their cloud-config{extra}"
         )
+    if cfg.provision == "ignition":
+        return problems + _ignition_config_problems(lab_dir, cfg)
     user_state, user_problem = _file_state(lab_dir / ROOT_USER_DATA, allow_dir=True)
     ign_state, ign_problem = _file_state(lab_dir / ROOT_IGNITION, allow_dir=False)
     problems += [p for p in (user_problem, ign_problem) if p]

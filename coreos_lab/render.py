@@ -8,7 +8,7 @@ Nothing rendered is called ``user-data`` or ``config.ign``: Flatcar's box hands 
 the nodes by itself (:mod:`coreos_lab.pickup`). A root ``user-data`` file is the user's cloud-config for every
 node: checked, then merged into each node's rendered cloud-config (built as data, then dumped); a root
 ``config.ign`` is checked and left to the box. ``init``/``render`` also clear coreos-lab's files out of the old
-``user-data/`` directory.
+``user-data/`` directory. An Ignition lab gets ``ignition/<node>.ign`` (:mod:`coreos_lab.ignition`) and neither.
 
 Every value that lands in Ruby passes ``ruby_str`` (a double-quoted literal with ``#``, quotes, backslashes and
 every non-printable character escaped, so ``#{...}`` cannot interpolate); every value that lands in YAML passes
@@ -34,6 +34,7 @@ import jinja2
 
 from coreos_lab import config as config_mod
 from coreos_lab import discovery, nodeshell, pickup, tls
+from coreos_lab import ignition as ignition_mod  # (``ignition`` names the lab root's config.ign below)
 from coreos_lab.config import CONFIG_NAME, VBOX_ALLOWED, LabConfig, NodeSpec
 from coreos_lab.errors import ConfigError, CoreosLabError, UsageError
 from coreos_lab.fsutil import deferred_interrupt
@@ -112,6 +113,7 @@ class WriteResult:
     warnings: tuple[str, ...]
     user_data: MergeSummary | None = None
     ignition: Ignition | None = None
+    merges: tuple[ignition_mod.MergeFile, ...] = ()  # the --ignition-merge files merged into every node's config
 
 
 # ---------------------------------------------------------------- escaping filters
@@ -281,6 +283,16 @@ def _discovery_url(cfg: LabConfig) -> str:
     return cfg.discovery_url
 
 
+def node_texts(cfg: LabConfig) -> dict[str, ignition_mod.NodeTexts]:
+    """Per node, what its Ignition config says as its cloud-config does: the text of etcd-member's drop-in (as the
+    cloud-config template writes it) and of the metadata file."""
+    out = {}
+    for n in cfg.nodes:
+        lines = (f'Environment="{systemd_env(k)}={systemd_env(v)}"\n' for k, v in etcd_environment(cfg, n))
+        out[n.name] = ignition_mod.NodeTexts("[Service]\n" + "".join(lines), metadata_text(n))
+    return out
+
+
 def metadata_text(node: NodeSpec) -> str:
     """``/etc/coreos-lab/metadata``: one ``key=value`` line per metadata item, sorted by key."""
     return "".join(f"{k}={v}\n" for k, v in sorted(node.metadata.items()))
@@ -315,16 +327,17 @@ def render_lab(
     *,
     user_data: UserData | None = None,
     ignition: Ignition | None = None,
+    merges: Sequence[ignition_mod.MergeFile] = (),
 ) -> tuple[RenderedFile, ...]:
     """Every rendered file of the lab except coreos-lab.toml, in memory.
 
     A TLS lab (``cfg.tls``) needs its certificates (:func:`coreos_lab.tls.generate` or :func:`~coreos_lab.tls.load`);
     its cloud-configs then hold private keys and are written 0600. The files under ``tls/`` are not included.
     ``user_data`` (the lab root's, :func:`coreos_lab.pickup.read_user_data`) is merged into every node's
-    cloud-config; ``ignition`` (:func:`coreos_lab.pickup.read_ignition`) is only recorded.
-    """
+    cloud-config; ``ignition`` (:func:`coreos_lab.pickup.read_ignition`) is only recorded. An Ignition lab renders
+    ``ignition/<node>.ign`` with ``merges`` in each instead."""
     config_mod.validate(cfg)
-    return render_lab_merged(cfg, tls_material, user_data=user_data, ignition=ignition)[0]
+    return render_lab_merged(cfg, tls_material, user_data=user_data, ignition=ignition, merges=merges)[0]
 
 
 def render_lab_merged(
@@ -333,13 +346,14 @@ def render_lab_merged(
     *,
     user_data: UserData | None = None,
     ignition: Ignition | None = None,
+    merges: Sequence[ignition_mod.MergeFile] = (),
 ) -> tuple[tuple[RenderedFile, ...], MergeSummary | None]:
     """:func:`render_lab` of a validated ``cfg`` (``init_lab`` and ``load`` have checked it), plus what merging
     ``user_data`` added (None without one)."""
     if cfg.tls and tls_material is None:
         raise ConfigError("internal: a TLS lab renders only with its certificates (tls.generate or tls.load)")
     env = _environment()
-    common = {"cfg": cfg, "header": HEADER, "user_data_dir": GUEST_USER_DATA_DIRS[cfg.os]}
+    common = {"cfg": cfg, "header": HEADER, "user_data_dir": GUEST_USER_DATA_DIRS[cfg.os], "ign": ignition_mod}
     files = [
         RenderedFile(
             "Vagrantfile",
@@ -347,6 +361,9 @@ def render_lab_merged(
         ),
         RenderedFile("config.rb", env.get_template("config.rb.j2").render(**common)),
     ]
+    if cfg.provision == "ignition":
+        configs = ignition_mod.render_configs(cfg, node_texts(cfg), tls_material, merges)
+        return (*files, *(RenderedFile(*c) for c in configs)), None
     template = env.get_template("cloud-config.j2")
     records = pickup.record_lines(user_data, ignition)
     mode = 0o644
@@ -637,9 +654,10 @@ def existing_lab_files(lab_dir: Path) -> list[Path]:
     """Files of a lab already present in ``lab_dir`` (what ``init`` refuses to overwrite without --force).
 
     The lab root's own ``user-data`` file and ``config.ign`` are the user's input, not part of a lab; an old
-    ``user-data/`` directory is.
+    ``user-data/`` directory is, and so is ``ignition/``.
     """
     candidates = [lab_dir / CONFIG_NAME, *(lab_dir / name for name in RENDERED_TOP), lab_dir / CLOUD_CONFIG_DIR]
+    candidates.append(lab_dir / ignition_mod.IGNITION_DIR)
     if (lab_dir / pickup.LEGACY_USER_DATA_DIR).is_dir():
         candidates.append(lab_dir / pickup.LEGACY_USER_DATA_DIR)
     candidates.append(lab_dir / tls.TLS_DIR)  # a lab CA is never replaced without --force
@@ -648,22 +666,30 @@ def existing_lab_files(lab_dir: Path) -> list[Path]:
 
 @dataclass(frozen=True, slots=True)
 class _Inputs:
-    """The lab root's own files, checked before anything is written: user-data, config.ign, old user-data/."""
+    """The user's files, checked before anything is written: user-data, config.ign, old user-data/, merge files."""
 
     user_data: UserData | None
     ignition: Ignition | None
     legacy: tuple[Path, ...]  # coreos-lab's files in an old user-data/ directory, to remove after the write
     legacy_dir: bool  # there is such a directory (to remove once empty)
+    merges: tuple[ignition_mod.MergeFile, ...] = ()
 
     @classmethod
     def read(cls, lab_dir: Path, cfg: LabConfig) -> _Inputs:
         legacy = tuple(pickup.check_legacy_user_data(lab_dir))  # UsageError when it holds anything else
         legacy_dir = pickup.legacy_user_data(lab_dir) is not None
+        if cfg.provision == "ignition":  # no root user-data or config.ign: only the merge files
+            return cls(None, None, legacy, legacy_dir, ignition_mod.read_lab_inputs(lab_dir, cfg))
         user_data = pickup.read_user_data(lab_dir)
         if user_data is not None:
             for node in cfg.nodes:
                 user_data.parse(node.ip)  # every refusal now, before a token is fetched or a file written
         return cls(user_data, pickup.read_ignition(lab_dir, cfg.provider), legacy, legacy_dir)
+
+    def render(
+        self, cfg: LabConfig, material: tls.LabTLS | None
+    ) -> tuple[tuple[RenderedFile, ...], MergeSummary | None]:
+        return render_lab_merged(cfg, material, user_data=self.user_data, ignition=self.ignition, merges=self.merges)
 
 
 def _write(
@@ -671,15 +697,16 @@ def _write(
 ) -> WriteResult:
     """Write the lab with Ctrl-C held back (:func:`~coreos_lab.fsutil.deferred_interrupt`): all or nothing.
 
-    Afterwards (the lab is complete by then) stale cloud-configs and coreos-lab's files of an old
-    ``user-data/`` directory are removed, and the directory when that empties it.
+    Afterwards (the lab is complete by then) stale cloud-configs and Ignition configs, and coreos-lab's files of an
+    old ``user-data/`` directory are removed, and the directory when that empties it.
     """
     warnings = list(lab_warnings(cfg))
     with deferred_interrupt() as interrupted:
         written = write_lab_files(lab_dir, files, interrupted)
         removed = []
         keep = [f.path for f in files if f.path.startswith(f"{CLOUD_CONFIG_DIR}/")]
-        for path in (*_stale_cloud_configs(lab_dir, keep), *inputs.legacy):
+        stale_ign = ignition_mod.stale_configs(lab_dir, [f.path for f in files])
+        for path in (*_stale_cloud_configs(lab_dir, keep), *stale_ign, *inputs.legacy):
             try:
                 path.unlink()
                 removed.append(path)
@@ -695,7 +722,7 @@ def _write(
             except OSError as exc:
                 warnings.append(f"could not remove {legacy_dir}/: {exc.strerror or exc} (Flatcar's box uploads it)")
         tls.tighten(lab_dir)
-    return WriteResult(lab_dir, cfg, written, tuple(removed), tuple(warnings), summary, inputs.ignition)
+    return WriteResult(lab_dir, cfg, written, tuple(removed), tuple(warnings), summary, inputs.ignition, inputs.merges)
 
 
 def init_lab(
@@ -726,7 +753,7 @@ def init_lab(
         )
     cfg = discovery.resolve(draft, service=discovery_service, endpoint=discovery_endpoint, policy=policy)
     material = tls.generate(cfg) if cfg.tls else None
-    rendered, summary = render_lab_merged(cfg, material, user_data=inputs.user_data, ignition=inputs.ignition)
+    rendered, summary = inputs.render(cfg, material)
     files = (render_toml(cfg), *rendered, *_tls_files(material))
     return _write(lab_dir, cfg, files, inputs, summary)
 
@@ -741,7 +768,7 @@ def render_existing(lab_dir: Path) -> WriteResult:
     cfg = config_mod.load(lab_dir)
     inputs = _Inputs.read(lab_dir, cfg)
     material = tls.load(lab_dir, cfg) if cfg.tls else None
-    rendered, summary = render_lab_merged(cfg, material, user_data=inputs.user_data, ignition=inputs.ignition)
+    rendered, summary = inputs.render(cfg, material)
     files = (*rendered, *_tls_files(material, only_issued=True))
     result = _write(lab_dir, cfg, files, inputs, summary)
     if material is not None and material.issued:
@@ -750,6 +777,20 @@ def render_existing(lab_dir: Path) -> WriteResult:
         note = f"issued {', '.join(w for w in what if w)} in {tls.TLS_DIR}/ (nodes booted earlier need a re-provision)"
         result = replace(result, warnings=(*result.warnings, note))
     return result
+
+
+def render_ignition_out(lab_dir: Path, out_dir: Path) -> WriteResult:
+    """Write every node's Ignition config as ``out_dir/<node>.ign`` (for Terraform or a cloud: no VirtualBox size
+    rule), all or nothing; the lab's own files are left as they are (a TLS lab needs all its certificates)."""
+    lab_dir, out_dir = Path(lab_dir).absolute(), Path(out_dir).absolute()
+    cfg = config_mod.load(lab_dir)
+    material = tls.load(lab_dir, cfg) if cfg.tls else None
+    merges = ignition_mod.read_merges(lab_dir, cfg)
+    configs = ignition_mod.render_configs(cfg, node_texts(cfg), material, merges, in_lab=False)
+    files = [RenderedFile(*c) for c in configs]
+    with deferred_interrupt() as interrupted:
+        written = write_lab_files(out_dir, files, interrupted)
+    return WriteResult(out_dir, cfg, written, (), (), merges=merges)
 
 
 def _tls_files(material: tls.LabTLS | None, *, only_issued: bool = False) -> list[RenderedFile]:

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables ebtables
   etcd-server etcd-client openssh-server openssh-client sudo
   systemd-container debootstrap iproute2 e2fsprogs curl
-  python3-venv docker-registry
+  python3-venv docker-registry ignition
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -44,6 +44,20 @@ def _bootstrap(bootstrap: str | None, discovery_url: str | None, endpoint: str |
     return bootstrap
 
 
+def merge_paths(lab: Path, files: list[Path]) -> tuple[str, ...]:
+    """``--ignition-merge`` files as coreos-lab.toml keeps them: relative to the lab when inside it, else absolute.
+
+    >>> merge_paths(Path("/labs/a"), [Path("/labs/a/extra.ign"), Path("/srv/users.ign")])
+    ('extra.ign', '/srv/users.ign')
+    """
+    base = lab.absolute()
+    out = []
+    for item in files:
+        path = item.absolute()
+        out.append(path.relative_to(base).as_posix() if base in path.parents else str(path))
+    return tuple(out)
+
+
 def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     for warning in result.warnings:
         report_problem(warning, label="warning")
@@ -60,6 +74,8 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
             # The token is a secret: shortened here, in full only in coreos-lab.toml (0600).
             "discovery_url": mask_token(cfg.discovery_url),
             "tls": cfg.tls,
+            "provision": cfg.provision,
+            "ignition_merge": [{"path": str(m.path), "sha256": m.sha256, "version": m.version} for m in result.merges],
             "nodes": [{"name": n.name, "ip": n.ip, "metadata": dict(n.metadata)} for n in cfg.nodes],
             "warnings": list(result.warnings),
             "user_data": result.user_data.as_dict() if result.user_data else None,
@@ -71,7 +87,9 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     span = nodes[0].name if len(nodes) == 1 else f"{nodes[0].name}..{nodes[-1].name}"
     typer.echo(
         f"{verb} {result.lab_dir}: {len(nodes)} node(s) {span}, {cfg.os} {cfg.channel}, {cfg.provider}, "
-        f"bootstrap {cfg.bootstrap}" + (", etcd TLS on" if cfg.tls else "")
+        f"bootstrap {cfg.bootstrap}"
+        + (", etcd TLS on" if cfg.tls else "")
+        + (", provisioned by Ignition" if cfg.provision == "ignition" else "")
     )
     base = result.lab_dir.resolve()
     for path in result.written:
@@ -87,12 +105,36 @@ def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     if result.user_data is not None:
         merged = result.user_data
         typer.echo(f"  merged {_rel(merged.path, base)} into {merged.nodes} node configs: {merged.describe()}")
+    for merge in result.merges:
+        typer.echo(
+            f"  merged {_rel(merge.path, base)} (spec {merge.version}) into every node's Ignition config "
+            "(ignition.config.merge; read again at every render)"
+        )
+    if cfg.provision == "ignition":
+        from coreos_lab import ignition
+
+        typer.echo(f"  each node gets its Ignition config through {ignition.delivery(cfg.provider)}")
     if result.ignition is not None:
         ign = result.ignition
         typer.echo(
             f"  {_rel(ign.path, base)}: left for the box to hand to Ignition at first boot (spec {ign.version}, "
             f"{ign.size} bytes; {ign.delivery}; a changed one needs the nodes destroyed and brought up again)"
         )
+
+
+def _report_out(result: WriteResult, *, as_json: bool) -> None:
+    """What ``render --out DIR`` wrote: the Ignition config of every node, and the merge files in them."""
+    if as_json:
+        merges = [{"path": str(m.path), "sha256": m.sha256, "version": m.version} for m in result.merges]
+        emit_json({"out": str(result.lab_dir), "written": [str(p) for p in result.written], "ignition_merge": merges})
+        return
+    from coreos_lab.ignition import SPEC_VERSION
+
+    typer.echo(f"Wrote {len(result.written)} Ignition config(s) (spec {SPEC_VERSION}) to {result.lab_dir}")
+    for path in result.written:
+        typer.echo(f"  wrote {_rel(path, result.lab_dir.resolve())}")
+    for merge in result.merges:
+        typer.echo(f"  merged {merge.path} (spec {merge.version}) into each")
 
 
 def _ignition_dict(result: WriteResult) -> dict[str, Any] | None:
@@ -149,13 +191,25 @@ def init(
     use_tls: bool = typer.Option(
         False, "--tls", help="Create a lab CA and certificates: etcd speaks TLS with client certificates."
     ),
+    provision: str = typer.Option(
+        "cloud-config",
+        "--provision",
+        help="How nodes get their configuration at first boot: cloud-config (default) or ignition.",
+    ),
+    ignition_merge: list[Path] = typer.Option(  # noqa: B008 - typer's way of declaring a repeatable option
+        [],
+        "--ignition-merge",
+        help="An Ignition config (spec 3.0.0-3.3.0) merged into every node's, repeatable; needs --provision ignition.",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing lab."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a lab: coreos-lab.toml, Vagrantfile, config.rb and cloud-config/<node>.yaml.
 
     A user-data file (cloud-config) in the directory is merged into every node's cloud-config; a config.ign
-    there is checked and left for the box to hand to Ignition.
+    there is checked and left for the box to hand to Ignition. With --provision ignition the nodes get
+    ignition/<node>.ign instead, and the lab takes neither file: the user's own Ignition comes in with
+    --ignition-merge.
     """
     mode = _bootstrap(bootstrap, discovery_url, discovery_endpoint)
     draft = LabConfig(
@@ -176,6 +230,8 @@ def init(
         cluster_token=f"coreos-lab-{secrets.token_hex(4)}",
         metadata=parse_metadata_options(metadata),
         tls=use_tls,
+        provision=provision,
+        ignition_merge=merge_paths(directory, ignition_merge),
     )
     from coreos_lab import discovery
     from coreos_lab.render import init_lab
@@ -193,12 +249,35 @@ def init(
         typer.echo(f"Next: cd {shlex.quote(str(directory))} && coreos-lab up")
 
 
-def render(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None:
+def render(
+    lab: Path | None = LAB_OPTION,
+    provision: str | None = typer.Option(
+        None, "--provision", help="With --out: ignition (the only format --out writes; the default there)."
+    ),
+    out: Path | None = typer.Option(  # noqa: B008
+        None, "--out", help="Write only every node's Ignition config, as DIR/<node>.ign (for Terraform or a cloud)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Re-render Vagrantfile, config.rb and cloud-config/ from coreos-lab.toml (never fetches a new token).
 
     Merges the lab's user-data file again, checks its config.ign, and removes coreos-lab's files from an old
-    user-data/ directory.
+    user-data/ directory. An Ignition lab (provision = "ignition" in coreos-lab.toml) gets ignition/<node>.ign
+    instead and reads its --ignition-merge files again. With --out DIR only the nodes' Ignition configs are
+    written, there, and the lab is left as it is.
     """
+    if out is None and provision is not None:
+        raise UsageError(
+            "--provision goes with --out DIR: a lab renders by the provision setting in coreos-lab.toml",
+            hint='set provision = "ignition" or "cloud-config" there and render again, or init --force',
+        )
+    if out is not None and provision not in (None, "ignition"):
+        raise UsageError(f"--out writes Ignition configs only (--provision ignition), got --provision {provision}")
+    if out is not None:
+        from coreos_lab.render import render_ignition_out
+
+        _report_out(render_ignition_out(lab_dir(lab), out), as_json=as_json)
+        return
     from coreos_lab.render import render_existing
 
     result = render_existing(lab_dir(lab))

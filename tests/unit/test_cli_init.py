@@ -320,3 +320,126 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: discovery service http://127.0.0.1:")
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- --provision ignition, --ignition-merge, render --out
+
+MERGE = '{"ignition": {"version": "3.3.0"}, "systemd": {"units": [{"name": "hello.service", "enabled": true}]}}'
+
+
+def test_init_provision_ignition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "hello.ign").write_text(MERGE)
+    (tmp_path / "users.ign").write_text('{"ignition": {"version": "3.0.0"}}')
+    code, out, err = run(
+        "init", "lab", "--provision", "ignition", "--provider", "libvirt", "--box", "coreos-lab/lab",
+        "--ignition-merge", "lab/hello.ign", "--ignition-merge", "users.ign",
+    )  # fmt: skip
+    assert code == 0, err
+    assert files_under(tmp_path / "lab") == sorted(
+        [CONFIG_NAME, "Vagrantfile", "config.rb", "hello.ign"] + [f"ignition/core-0{i}.ign" for i in (1, 2, 3)]
+    )
+    cfg = load(tmp_path / "lab")
+    assert cfg.provision == "ignition"
+    assert cfg.ignition_merge == ("hello.ign", str(tmp_path / "users.ign")), "inside the lab: relative to it"
+    lines = out.splitlines()
+    assert lines[0].endswith("bootstrap static, provisioned by Ignition")
+    assert "  merged hello.ign (spec 3.3.0) into every node's Ignition config" in out
+    assert f"  merged {tmp_path / 'users.ign'} (spec 3.0.0) into every node's Ignition config" in out
+    assert (
+        "  each node gets its Ignition config through QEMU fw_cfg as opt/org.flatcar-linux/config and "
+        "opt/com.coreos/config"
+    ) in lines
+    code, out, err = run("render", "--lab", "lab", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["provision"] == "ignition"
+    assert [m["path"] for m in data["ignition_merge"]] == [
+        str(tmp_path / "lab" / "hello.ign"),
+        str(tmp_path / "users.ign"),
+    ]
+    assert data["config_ign"] is None
+    assert not (tmp_path / "lab" / "cloud-config").exists()
+
+
+def test_a_cloud_config_lab_says_nothing_of_ignition(tmp_path: Path) -> None:
+    code, out, _ = run("init", str(tmp_path), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["provision"], data["ignition_merge"]) == ("cloud-config", [])
+    code, out, _ = run("render", "--lab", str(tmp_path))
+    assert "Ignition" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "files", "match"),
+    [
+        (["--ignition-merge", "x.ign"], {"x.ign": MERGE}, 'needs provision = "ignition" (--provision ignition)'),
+        (["--provision", "ignition", "--ignition-merge", "x.ign"], {}, "cannot read the --ignition-merge file"),
+        (["--provision", "ignition", "--ignition-merge", "x.ign"], {"x.ign": "{}"}, "ignition.version must be"),
+        (["--provision", "ignition", "--tls"], {}, "ignition/core-01.ign would be"),
+        (["--provision", "ignition", "--os", "coreos"], {}, "provision ignition needs os flatcar"),
+        (["--provision", "cloudinit"], {}, "provision must be one of cloud-config, ignition"),
+    ],
+)
+def test_ignition_usage_errors_exit_2_and_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], files: dict[str, str], match: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    code, out, err = run("init", "lab", *args)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ")
+    assert match in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "lab").exists()
+
+
+def test_a_virtualbox_config_over_1_kib_names_the_alternatives(tmp_path: Path) -> None:
+    code, _, err = run("init", str(tmp_path / "lab"), "--provision", "ignition", "--instances", "6")
+    assert code == 2
+    assert "VirtualBox hands Ignition its config as the guest property /Ignition/Config" in err
+    assert "use --provider libvirt (QEMU fw_cfg has no such limit) or --provision cloud-config" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run("init", str(tmp_path / "lab"), "--provision", "ignition", "--instances", "3")
+    assert code == 0, err
+
+
+def test_render_out_writes_only_the_configs(tmp_path: Path) -> None:
+    assert run("init", str(tmp_path / "lab"), "--instances", "2", "--tls")[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "lab").rglob("*") if p.is_file()}
+    code, out, err = run(
+        "render", "--lab", str(tmp_path / "lab"), "--provision", "ignition", "--out", str(tmp_path / "ign")
+    )
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"Wrote 2 Ignition config(s) (spec 3.3.0) to {tmp_path / 'ign'}", "  wrote core-01.ign", "  wrote core-02.ign",
+    ]  # fmt: skip
+    assert files_under(tmp_path / "ign") == ["core-01.ign", "core-02.ign"]
+    assert {p: p.read_bytes() for p in (tmp_path / "lab").rglob("*") if p.is_file()} == before
+    code, out, err = run("render", "--lab", str(tmp_path / "lab"), "--out", str(tmp_path / "ign2"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["written"] == [
+        str(tmp_path / "ign2" / "core-01.ign"),
+        str(tmp_path / "ign2" / "core-02.ign"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--provision", "ignition"], "--provision goes with --out DIR"),
+        (["--provision", "cloud-config", "--out", "ign"], "--out writes Ignition configs only"),
+    ],
+)
+def test_render_provision_misuse_exits_2(tmp_path: Path, args: list[str], match: str) -> None:
+    assert run("init", str(tmp_path / "lab"))[0] == 0
+    code, _, err = run(
+        "render", "--lab", str(tmp_path / "lab"), *[a if a != "ign" else str(tmp_path / "ign") for a in args]
+    )
+    assert code == 2
+    assert match in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ign").exists()

@@ -197,3 +197,49 @@ def test_dumps_has_no_nulls() -> None:
     text = config_mod.dumps(LabConfig())
     assert "\nbox" not in text
     assert "discovery_url" not in text
+
+
+# ---------------------------------------------------------------- provision and ignition_merge
+
+
+def test_provision_defaults_to_the_seed_s_cloud_config() -> None:
+    cfg = validate(LabConfig())
+    assert (cfg.provision, cfg.ignition_merge) == ("cloud-config", ())
+    assert 'provision = "cloud-config"' in config_mod.dumps(cfg)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"provision": "butane"}, "provision must be one of cloud-config, ignition, got 'butane'"),
+        ({"provision": "ignition", "os": "coreos"}, "provision ignition needs os flatcar"),
+        ({"ignition_merge": ("a.ign",)}, 'ignition_merge \\(--ignition-merge\\) needs provision = "ignition"'),
+        ({"provision": "ignition", "ignition_merge": "a.ign"}, "ignition_merge must be a list of file paths"),
+        ({"provision": "ignition", "ignition_merge": ("a\nb.ign",)}, "ignition_merge must be a list"),
+        ({"provision": "ignition", "ignition_merge": ("",)}, "ignition_merge must be a list"),
+        ({"provision": "ignition", "ignition_merge": (3,)}, "ignition_merge must be a list"),
+        ({"provision": "ignition", "ignition_merge": ("a.ign", "b.ign", "a.ign")}, "lists a.ign twice"),
+    ],
+)
+def test_invalid_provision(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as err:
+        validate(LabConfig(**changes))
+    assert "\n" not in str(err.value)
+
+
+def test_provision_and_merges_round_trip(tmp_path: Path) -> None:
+    cfg = validate(LabConfig(provision="ignition", ignition_merge=("extra.ign", "/srv/users.ign")))
+    save(tmp_path, cfg)
+    text = (tmp_path / CONFIG_NAME).read_text()
+    assert 'provision = "ignition"' in text
+    assert 'ignition_merge = [\n    "extra.ign",\n    "/srv/users.ign",\n]' in text
+    loaded = load(tmp_path)
+    assert loaded == cfg
+    assert loaded.ignition_merge == ("extra.ign", "/srv/users.ign")  # a tuple, as TOML's list is kept
+
+
+def test_a_toml_list_of_merges_becomes_a_tuple() -> None:
+    cfg = config_mod.from_dict({"provision": "ignition", "ignition_merge": ["a.ign"]})
+    assert cfg.ignition_merge == ("a.ign",)
+    with pytest.raises(ConfigError, match=f"{CONFIG_NAME}: ignition_merge must be a list of file paths"):
+        config_mod.from_dict({"provision": "ignition", "ignition_merge": [{"path": "a.ign"}]})
