@@ -53,6 +53,7 @@ class NodeStatus:
     etcd_ok: bool
     etcd_leader: bool
     error: str | None = None
+    provisioned_by: str = ""  # ignition, cloud-config or none, as the node says ("" unknown)
 
     @property
     def down(self) -> bool:
@@ -66,6 +67,7 @@ class NodeStatus:
             "ssh": self.ssh_ok,
             "etcd": self.etcd_ok,
             "leader": self.etcd_leader,
+            "provisioned_by": self.provisioned_by or None,
             "error": self.error,
         }
 
@@ -350,6 +352,7 @@ def cluster_status(
                 etcd_ok=bool(m and m.ok and m.leader),
                 etcd_leader=bool(m and m.ok and m.member_id and m.member_id == health.leader),
                 error=f.error if not f.reachable else (m.error if m and not m.ok else None),
+                provisioned_by=f.provisioned_by,
             )
         )
     for c in side.clients.values():

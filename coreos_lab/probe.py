@@ -61,7 +61,7 @@ def probe_command(addresses: bool, *, etcd_unit: str | None = None, tls: bool = 
         f"r {nodeshell.METADATA_PATH}",
         "r /proc/sys/kernel/hostname",
         nodeshell.ADDRESSES if addresses else ":",
-        f"test -S {nodeshell.FLEET_SOCKET} && echo fleet || true",
+        f"{{ test -S {nodeshell.FLEET_SOCKET} && echo fleet || echo -; }}; {nodeshell.PROVISIONED_BY}",
     ]
     if etcd_unit is not None:
         ctl = etcdctl(tls=tls)
@@ -104,6 +104,7 @@ class NodeFacts:
     runs_fleet: bool = False
     addresses: tuple[str, ...] = ()  # the node's global IPv4 addresses, when they were listed
     etcd: EtcdSeen | None = None  # when the probe asked for the etcd member
+    provisioned_by: str = ""  # ignition, cloud-config or none (as the node says); "" when not known
 
     @property
     def machine(self) -> str:
@@ -123,6 +124,7 @@ class NodeFacts:
             "metadata": dict(sorted(self.metadata.items())),
             "hostname": self.hostname or None,
             "runs_fleet": self.runs_fleet,
+            "provisioned_by": self.provisioned_by or None,
             "error": self.error,
         }
 
@@ -192,7 +194,19 @@ def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: 
     etcd = None
     if len(stdout.split(_SEP + "\n")) > 5:
         etcd = EtcdSeen(unit_state, health == "ok", parse_members(parts[7]))
-    return NodeFacts(name, True, ip, mid, metadata, hostname, runs_fleet=fleet == "fleet", addresses=listed, etcd=etcd)
+    fleet_word, provisioned = [*fleet.split(), "", ""][:2]
+    return NodeFacts(
+        name,
+        True,
+        ip,
+        mid,
+        metadata,
+        hostname,
+        runs_fleet=fleet_word == "fleet",
+        addresses=listed,
+        etcd=etcd,
+        provisioned_by=provisioned if provisioned in ("ignition", "cloud-config", "none") else "",
+    )
 
 
 def probe_nodes(

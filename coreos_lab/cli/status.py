@@ -96,9 +96,17 @@ def status(
     else:
         yes = {True: "yes", False: "no"}
         emit_table(
-            ["NODE", "IP", "VAGRANT", "SSH", "ETCD", "LEADER"],
+            ["NODE", "IP", "VAGRANT", "SSH", "ETCD", "LEADER", "PROVISIONED"],
             [
-                [n["name"], n["ip"], n["vagrant_state"], yes[n["ssh"]], yes[n["etcd"]], "*" if n["leader"] else None]
+                [
+                    n["name"],
+                    n["ip"],
+                    n["vagrant_state"],
+                    yes[n["ssh"]],
+                    yes[n["etcd"]],
+                    "*" if n["leader"] else None,
+                    n.get("provisioned_by"),
+                ]
                 for n in report["nodes"]
             ],
         )

@@ -466,6 +466,7 @@ class FleetBackend:
                 "machine": fleet.short_machine_id(m.id, full),
                 "ip": m.primary_ip,
                 "metadata": ",".join(f"{k}={v}" for k, v in sorted(m.metadata.items())),
+                "provision": "-",  # fleet does not know; `status` asks the nodes
             }
             for m in sorted(machines, key=lambda m: m.id)
         ]

@@ -311,7 +311,8 @@ class Listing:
 LISTING_FIELDS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "list-units": (("unit", "machine", "active", "sub"), ("load", "hash")),
     "list-unit-files": (("unit", "hash", "dstate", "state", "target"), ("global", "tmachine", "desc")),
-    "list-machines": (("machine", "ip", "metadata"), ()),
+    # "provision" is ours (fleet has no such notion): which channel provisioned the node.
+    "list-machines": (("machine", "ip", "metadata"), ("provision",)),
 }
 TMACHINE_WARNING: Final = 'WARNING: The "tmachine" field is deprecated. Use "target" instead'
 
@@ -326,7 +327,7 @@ def parse_fields(listing: str, text: str | None) -> tuple[str, ...]:
     >>> parse_fields("list-machines", "machine,zone")
     Traceback (most recent call last):
     ...
-    coreos_lab.errors.UsageError: --fields: 'zone' is not a list-machines field (machine, ip, metadata)
+    coreos_lab.errors.UsageError: --fields: 'zone' is not a list-machines field (machine, ip, metadata, provision)
     """
     default, more = LISTING_FIELDS[listing]
     if text is None:

@@ -673,6 +673,7 @@ class SystemdBackend:
                 "ip": f.ip,
                 "metadata": ",".join(f"{k}={v}" for k, v in sorted(f.metadata.items())),
                 "machine id": f.machine_id,
+                "provision": f.provisioned_by or "-",
             }
             for f in facts
         ]
