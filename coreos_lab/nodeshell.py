@@ -20,11 +20,11 @@ METADATA_PATH: Final = "/etc/coreos-lab/metadata"
 # fleetd's API socket on a node that runs fleet.
 FLEET_SOCKET: Final = "/var/run/fleet.sock"
 
-# Which channel provisioned the node: Ignition (its result file says a user config was given: Flatcar's Ignition
-# and the lab box's write /etc/.ignition-result.json, 0644), else cloud-config (the Vagrant box's user-data
-# file is there), else none. One word.
+# Which channels provisioned the node: Ignition (its result file says a user config was given: Flatcar's Ignition
+# and the lab box's write /etc/.ignition-result.json, 0644), cloud-config (the Vagrant box's user-data file is
+# there), both (a lab root's config.ign beside cloud-config, as on Flatcar's box) or none. One word.
 PROVISIONED_BY: Final = (
-    "if grep -qs '\"userConfigProvided\": *true' /etc/.ignition-result.json; then echo ignition; "
-    "elif [ -e /var/lib/flatcar-vagrant/vagrantfile-user-data ] || "
-    "[ -e /var/lib/coreos-vagrant/vagrantfile-user-data ]; then echo cloud-config; else echo none; fi"
+    "p=; grep -qs '\"userConfigProvided\": *true' /etc/.ignition-result.json && p=ignition; "
+    "if [ -e /var/lib/flatcar-vagrant/vagrantfile-user-data ] || [ -e /var/lib/coreos-vagrant/vagrantfile-user-data ]; "
+    "then p=${p:+$p,}cloud-config; fi; echo ${p:-none}"
 )

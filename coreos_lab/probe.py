@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from coreos_lab.config import NodeSpec
 
 ETCD_PORT: Final = 2379
+# What a node may say provisioned it (nodeshell.PROVISIONED_BY).
+PROVISION_CHANNELS: Final = frozenset({"ignition", "cloud-config", "ignition,cloud-config", "none"})
 _SEP: Final = "@@coreos-lab@@"
 _EXTRA_SEP: Final = "@@coreos-lab-extra@@"
 _READ_FN: Final = 'r() { while IFS= read -r l || [ -n "$l" ]; do printf \'%s\\n\' "$l"; done < "$1"; } 2>/dev/null'
@@ -104,7 +106,7 @@ class NodeFacts:
     runs_fleet: bool = False
     addresses: tuple[str, ...] = ()  # the node's global IPv4 addresses, when they were listed
     etcd: EtcdSeen | None = None  # when the probe asked for the etcd member
-    provisioned_by: str = ""  # ignition, cloud-config or none (as the node says); "" when not known
+    provisioned_by: str = ""  # one of PROVISION_CHANNELS (as the node says); "" when not known
 
     @property
     def machine(self) -> str:
@@ -205,7 +207,7 @@ def parse_probe(name: str, stdout: str, spec: NodeSpec | None = None, ssh_host: 
         runs_fleet=fleet_word == "fleet",
         addresses=listed,
         etcd=etcd,
-        provisioned_by=provisioned if provisioned in ("ignition", "cloud-config", "none") else "",
+        provisioned_by=provisioned if provisioned in PROVISION_CHANNELS else "",
     )
 
 

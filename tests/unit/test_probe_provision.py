@@ -24,6 +24,7 @@ def probe_out(fleet_section: str) -> str:
         ("-\nignition\n", False, "ignition"),
         ("fleet\ncloud-config\n", True, "cloud-config"),
         ("-\nnone\n", False, "none"),
+        ("-\nignition,cloud-config\n", False, "ignition,cloud-config"),
         ("\n", False, ""),  # an older probe's answer: unknown
         ("-\nsomething-else\n", False, ""),
     ],
@@ -49,4 +50,6 @@ def test_the_shell_line_reads_ignitions_result_file_then_the_vagrant_user_data(t
     result.write_text('{ "provisioningDate": "2026-12-01T18:31:59Z", "userConfigProvided": false }')
     assert run_line(tmp_path) == "cloud-config"  # Ignition ran, but with no config of the user's
     result.write_text('{ "provisioningBootID": "x", "userConfigProvided": true }')
+    assert run_line(tmp_path) == "ignition,cloud-config"  # both channels, as Flatcar's box allows
+    (tmp_path / "var/lib/flatcar-vagrant/vagrantfile-user-data").unlink()
     assert run_line(tmp_path) == "ignition"

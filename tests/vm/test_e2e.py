@@ -230,10 +230,11 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "test -f /var/lib/flatcar-vagrant/vagrantfile-user-data && echo file || echo not-a-file; "
             "sudo sha256sum /var/lib/flatcar-vagrant/vagrantfile-user-data | cut -c1-64; "
             "sudo modprobe qemu_fw_cfg 2>/dev/null; "
-            "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw",
+            "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw; echo; "
+            "cat /etc/ign; echo",
         ).splitlines()
         rendered = hashlib.sha256((lab / "cloud-config" / f"{node.name}.yaml").read_bytes()).hexdigest()
-        assert lines[:12] == [
+        assert lines[:13] == [
             "no-python",  # Flatcar has no Python: nothing of ours may need it on a node
             "usr-ro",
             "no-hostname-I",  # net-tools' hostname, as on Flatcar
@@ -245,8 +246,11 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "active",
             "file",  # the box moved the user's raw file there first; ours replaced it and was applied
             rendered,
-            ROOT_CONFIG_IGN,  # the box's fw_cfg hand-over (applied once the twin has Ignition: issue 13)
+            ROOT_CONFIG_IGN,  # the box's fw_cfg hand-over under Flatcar's name...
+            "y",  # ...applied by the box's Ignition at first boot, beside the cloud-config
         ], (node.name, lines)
+    report = json.loads(rig.run([*CLI, "status", "--json"], cwd=lab, timeout=600, check=False).stdout)
+    assert {n["provisioned_by"] for n in report["nodes"]} == {"ignition,cloud-config"}, report["nodes"]
 
 
 def active_nodes(rig: Rig, lab: Path, unit: str, nodes: list[str]) -> list[str]:
@@ -348,16 +352,67 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
         destroy_and_check(rig, lab)
 
 
-def test_self_hosted_discovery_lab(rig: Rig, lab_root: Path) -> None:
+MERGED_IGN = json.dumps(
+    {
+        "ignition": {"version": "3.3.0"},
+        "storage": {"files": [{"path": "/etc/lab-merged", "contents": {"source": "data:,merged"}}]},
+        "systemd": {
+            "units": [
+                {
+                    "name": "lab-merged.service",
+                    "enabled": True,
+                    "contents": "[Unit]\\nDescription=from the user's merge file\\n[Service]\\n"
+                    "ExecStart=/bin/sleep infinity\\n[Install]\\nWantedBy=multi-user.target\\n",
+                }
+            ]
+        },
+    }
+)
+
+
+def ignition_facts(rig: Rig, cfg_file: Path, node: str) -> list[str]:
+    """What a node says of its provisioning: Ignition's result, its journal, the merged unit, any cloud-config."""
+    return on_node(
+        rig,
+        cfg_file,
+        node,
+        'sed -n \'s/.*"provisioningBootID": *"\\([^"]*\\)".*/\\1/p\' /etc/.ignition-result.json; '
+        "grep -c '\"userConfigProvided\": *true' /etc/.ignition-result.json; "
+        "sudo journalctl -b --no-pager -o cat | grep -c 'files: files passed'; "
+        "sudo journalctl -b --no-pager -o cat | grep -c 'coreos-lab-ignition: not a first boot'; "
+        "systemctl is-active lab-merged.service; cat /etc/lab-merged; echo; "
+        "test -e /var/lib/flatcar-vagrant/vagrantfile-user-data && echo cloud-config || echo no-cloud-config",
+        check=False,
+    ).splitlines()
+
+
+def test_self_hosted_discovery_ignition_lab(rig: Rig, lab_root: Path) -> None:
+    """Issue 13: a lab provisioned by Ignition alone (and bootstrapped by self-hosted discovery), applied by the
+    real Ignition in the box's initramfs at first boot, with a unit from a --ignition-merge file; a reboot does
+    not run Ignition again and keeps etcd's data."""
     lab = lab_root / "e2esh"
-    init_lab(rig, lab, SELF_HOSTED_NODES, "self-hosted", "--discovery-endpoint", rig.etcd_url)
+    merge = lab_root / "merge.ign"
+    merge.write_text(MERGED_IGN)
+    init_lab(
+        rig,
+        lab,
+        SELF_HOSTED_NODES,
+        "self-hosted",
+        "--discovery-endpoint",
+        rig.etcd_url,
+        "--provision",
+        "ignition",
+        "--ignition-merge",
+        str(merge),
+    )
     cfg = labconfig.load(lab)
     assert cfg.discovery_url
     assert cfg.discovery_url.startswith(rig.etcd_url + "/v2/keys/discovery/")
+    assert not (lab / "cloud-config").exists()
     try:
         start = time.monotonic()
         up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
-        print(f"self-hosted lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
+        print(f"self-hosted Ignition lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
         check_cluster(rig, lab)
         # the members registered themselves in the rig's discovery directory
         path = urllib.parse.urlparse(cfg.discovery_url).path
@@ -365,6 +420,34 @@ def test_self_hosted_discovery_lab(rig: Rig, lab_root: Path) -> None:
         nodes = json.loads(listing)["node"].get("nodes", [])
         registered = [n for n in nodes if not n["key"].endswith("/_config")]
         assert len(registered) == SELF_HOSTED_NODES, listing
+        cfg_file = ssh_config(rig, lab)
+        boot_ids = {}
+        for node in cfg.nodes:
+            facts = ignition_facts(rig, cfg_file, node.name)
+            boot_ids[node.name] = facts[0]
+            assert facts[0], facts  # Ignition wrote its result file
+            assert facts[1] == "1", (node.name, facts)  # a config of the user's was given
+            assert int(facts[2]) >= 1, (node.name, facts)  # the files stage ran in this (the first) boot
+            assert facts[3:] == ["0", "active", "merged", "no-cloud-config"], (node.name, facts)
+        report = json.loads(rig.run([*CLI, "status", "--json"], cwd=lab, timeout=600, check=False).stdout)
+        assert {n["name"]: n["provisioned_by"] for n in report["nodes"]} == {n.name: "ignition" for n in cfg.nodes}
+        # A reboot: the first-boot flag is gone, so Ignition is skipped; etcd keeps its data.
+        first, second = cfg.nodes[0].name, cfg.nodes[1].name
+        on_node(rig, cfg_file, first, "etcdctl --endpoints=http://127.0.0.1:2379 put /e2e/ign-keep yes")
+        rebooted = time.monotonic()
+        coreos_lab(rig, "reload", second, cwd=lab, timeout=900)
+        coreos_lab(rig, "up", "--wait-timeout", "900", cwd=lab, timeout=1200)
+        print(f"Ignition node {second} rebooted and healthy after {time.monotonic() - rebooted:.0f}s")
+        facts = ignition_facts(rig, cfg_file, second)
+        assert facts[0] == boot_ids[second], facts  # the result file is the first boot's: Ignition did not run
+        assert facts[2] == "0", facts  # no Ignition stage this boot...
+        assert int(facts[3]) >= 1, facts  # ...and the initramfs said why
+        assert facts[4] == "active", facts
+        got = on_node(
+            rig, cfg_file, second, "etcdctl --endpoints=http://127.0.0.1:2379 get --print-value-only /e2e/ign-keep"
+        )
+        assert got.strip() == "yes"
+        check_cluster(rig, lab)
     finally:
         destroy_and_check(rig, lab)
 
@@ -434,56 +517,6 @@ def test_tls_lab(rig: Rig, lab_root: Path) -> None:
             assert '"health":"true"' not in no_cert, no_cert
             assert "rc=0" not in no_cert, no_cert
         deploy_flow(rig, lab)  # desired state lives in the TLS etcd
-    finally:
-        destroy_and_check(rig, lab)
-
-
-def test_ctrl_c_during_up_then_up_again(rig: Rig, lab_root: Path) -> None:
-    """Ctrl-C while `coreos-lab up` boots a node: exit 130 with one line, Vagrant cleans up, the lab's files
-    are untouched, and the next `up` brings the lab up healthy."""
-    import signal
-
-    lab = lab_root / "e2eint"
-    init_lab(rig, lab, 1, "static")
-    before = files_of(lab)
-    try:
-        # As a terminal does: SIGINT to the foreground process group (coreos-lab and whatever shares it).
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", rig.ns, *CLI, "up", "--verbose"],
-            cwd=lab,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        seen: list[str] = []
-        deadline = time.monotonic() + 600
-        for line in proc.stdout:
-            seen.append(line)
-            # the domain exists and boots: the middle of `vagrant up`, where an interrupt hurts most
-            if "Waiting for domain to get an IP address" in line or "Starting domain" in line:
-                break
-            assert time.monotonic() < deadline, "".join(seen)
-        else:
-            raise AssertionError("up ended before the domain was started:\n" + "".join(seen))
-        interrupted_at = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=300)
-        out = "".join(seen) + rest
-        print(f"up interrupted; exited {proc.returncode} after {time.monotonic() - interrupted_at:.0f}s")
-        assert proc.returncode == 130, out
-        assert "Traceback" not in out, out
-        errors = [line for line in out.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, out
-        assert "interrupted" in errors[0], out
-        assert files_of(lab) == before  # no partial or changed file in the lab
-        assert not [p for p in lab.rglob("*") if ".tmp" in p.name], list(lab.rglob("*"))
-
-        up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
-        assert "ready after" in up.stdout, up.stdout
-        status = rig.run([*CLI, "status"], cwd=lab, timeout=600, check=False)
-        assert status.returncode == 0, status.stdout + status.stderr
     finally:
         destroy_and_check(rig, lab)
 

@@ -1,6 +1,8 @@
 """Issue 7 on a real VM: the seed's docker ``myapp.service``, byte for byte, deploys and runs on the lab box.
 
-One node (statically bootstrapped: ``deploy`` needs a healthy etcd) in the rig: box build --add -> init -> up ->
+The lab is the one-node lab of the Ctrl-C test (an interrupted `up`, then `up` again: one boot serves both, to
+keep the VM suite's time down). One node (statically bootstrapped: ``deploy`` needs a healthy etcd) in the rig:
+box build --add -> init -> (Ctrl-C'd up) -> up ->
 ``coreos-lab deploy myapp.service`` -> list-units shows it active/running -> the journal shows ``Hello World`` ->
 ``docker pull busybox`` was served by the node's offline registry mirror (the image digest is the one the box
 build wrote) -> undeploy stops it and removes the container -> destroy. Nodes have no internet: without the
@@ -10,7 +12,10 @@ mirror the unit's ``ExecStartPre=/usr/bin/docker pull busybox`` fails.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import pytest
 from coreos_lab import config as labconfig
 from coreos_lab.box import recipe, registry
 from tests.vm.conftest import Rig
-from tests.vm.test_e2e import coreos_lab, destroy_and_check, init_lab, on_node, ssh_config, until
+from tests.vm.test_e2e import CLI, coreos_lab, destroy_and_check, files_of, init_lab, on_node, ssh_config, until
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3000)]
 
@@ -45,17 +50,55 @@ def expected_busybox_digest() -> str:
     return registry.make_image(busybox).manifest_digest
 
 
-def test_seed_myapp_runs_offline(rig: Rig, lab_root: Path) -> None:
+def test_ctrl_c_during_up_then_up_again_then_the_seed_myapp(rig: Rig, lab_root: Path) -> None:
+    """Ctrl-C while `coreos-lab up` boots a node: exit 130 with one line, Vagrant cleans up, the lab's files
+    are untouched, and the next `up` brings the lab up healthy; then the seed's myapp.service runs there."""
     built = json.loads(coreos_lab(rig, "box", "build", "--add", "--json", cwd=lab_root, timeout=3600).stdout)
     print(f"box: {built['size_mb']} MB, {built['seconds']}s (cached={built['cached']})")
     digest = expected_busybox_digest()
     lab = lab_root / "myapp"
-    init_lab(rig, lab, 1)
+    init_lab(rig, lab, 1, "static")
+    before = files_of(lab)
     try:
+        # As a terminal does: SIGINT to the foreground process group (coreos-lab and whatever shares it).
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", rig.ns, *CLI, "up", "--verbose"],
+            cwd=lab,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 600
+        for line in proc.stdout:
+            seen.append(line)
+            # the domain exists and boots: the middle of `vagrant up`, where an interrupt hurts most
+            if "Waiting for domain to get an IP address" in line or "Starting domain" in line:
+                break
+            assert time.monotonic() < deadline, "".join(seen)
+        else:
+            raise AssertionError("up ended before the domain was started:\n" + "".join(seen))
+        interrupted_at = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=300)
+        out = "".join(seen) + rest
+        print(f"up interrupted; exited {proc.returncode} after {time.monotonic() - interrupted_at:.0f}s")
+        assert proc.returncode == 130, out
+        assert "Traceback" not in out, out
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, out
+        assert "interrupted" in errors[0], out
+        assert files_of(lab) == before  # no partial or changed file in the lab
+        assert not [p for p in lab.rglob("*") if ".tmp" in p.name], list(lab.rglob("*"))
+
         start = time.monotonic()
         up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
-        print(f"myapp lab: coreos-lab up {time.monotonic() - start:.0f}s")
+        print(f"myapp lab: coreos-lab up (after the interrupted one) {time.monotonic() - start:.0f}s")
         assert "ready after" in up.stdout, up.stdout
+        status = rig.run([*CLI, "status"], cwd=lab, timeout=600, check=False)
+        assert status.returncode == 0, status.stdout + status.stderr
         cfg = labconfig.load(lab)
         ips = {n.name: n.ip for n in cfg.nodes}
         cfg_file = ssh_config(rig, lab)
