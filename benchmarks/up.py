@@ -19,6 +19,9 @@ measured against the box that ran etcd natively:
     vagrant box add --name coreos-lab/lab-before /path/to/the/older/coreos-lab-0.1.0.box
     scripts/vm-rig exec .venv/bin/python benchmarks/up.py --sizes 3 --compare-box coreos-lab/lab-before
 
+`--compare-provision` does the same for one box and two channels: the lab rendered with `--provision ignition`
+and with `--provision cloud-config`, alternating rounds, medians and the ratio Ignition / cloud-config.
+
 Needs root and the rig; run it inside the rig's namespace:
 
     scripts/vm-rig start
@@ -123,11 +126,21 @@ def compare_boxes(
     size: int, base: Path, other: str, rounds: int
 ) -> tuple[dict[str, float], dict[str, float], dict[str, object]]:
     """coreos-lab/lab vs ``other``, same lab, alternating rounds; medians and the ratio twin/other."""
-    boxes = {"twin": "coreos-lab/lab", "other": other}
+    variants = {"twin": ["--box", "coreos-lab/lab"], "other": ["--box", other]}
+    return compare(size, base, variants, rounds, ("coreos-lab/lab", other))
+
+
+def compare(
+    size: int, base: Path, variants: dict[str, list[str]], rounds: int, names: tuple[str, str]
+) -> tuple[dict[str, float], dict[str, float], dict[str, object]]:
+    """Two renderings of the same lab (``variants``: key -> extra `init` arguments), each booted from destroyed
+    by `coreos-lab up` in alternating rounds; medians and the ratio first/second."""
+    boxes = variants
     labs = {}
-    for key, box in boxes.items():
+    for key, extra in variants.items():
         lab = base / f"cmp{size}-{key}"
-        run([CLI, "init", str(lab), "--instances", str(size), "--provider", "libvirt", "--box", box], base)
+        argv = [CLI, "init", str(lab), "--instances", str(size), "--provider", "libvirt", "--box", "coreos-lab/lab"]
+        run([*argv, *extra], base)
         labs[key] = lab
     samples: dict[str, list[dict[str, float]]] = {key: [] for key in boxes}
     try:
@@ -142,10 +155,12 @@ def compare_boxes(
             subprocess.run([CLI, "destroy"], cwd=lab, capture_output=True, timeout=600, check=False)
     med = {key: {m: statistics.median(s[m] for s in samples[key]) for m in ("wall_s", "vagrant_s", "ready_s")}
            for key in boxes}  # fmt: skip
-    ratio = round(med["twin"]["ready_s"] / med["other"]["ready_s"], 3)
-    report = {"nodes": size, "rounds": rounds, "twin": "coreos-lab/lab", "other": other, "twin_median": med["twin"],
-              "other_median": med["other"], "ratio_ready": ratio, "samples": samples}  # fmt: skip
-    return med["twin"], med["other"], report
+    first, second = list(variants)
+    ratio = round(med[first]["ready_s"] / med[second]["ready_s"], 3)
+    report = {"nodes": size, "rounds": rounds, first: names[0], second: names[1],
+              f"{first}_median": med[first], f"{second}_median": med[second], "ratio_ready": ratio,
+              "samples": samples}  # fmt: skip
+    return med[first], med[second], report
 
 
 def main() -> int:
@@ -154,7 +169,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first boot (box upload)")
     parser.add_argument("--compare-box", metavar="BOX", help="compare coreos-lab/lab against this box instead")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per box with --compare-box")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant when comparing")
+    parser.add_argument(
+        "--compare-provision",
+        action="store_true",
+        help="time-to-healthy of the same lab provisioned by Ignition vs by cloud-config (issue 13)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("benchmarks/up.py needs root and the rig (see its docstring)")
@@ -172,6 +192,16 @@ def main() -> int:
                     subprocess.run(
                         ["vagrant", "destroy", "--force"], cwd=warm, capture_output=True, timeout=600, check=False
                     )
+        if args.compare_provision:
+            variants = {"ignition": ["--provision", "ignition"], "cloudconfig": ["--provision", "cloud-config"]}
+            for size in (int(s) for s in args.sizes.split(",")):
+                ig, cc, result = compare(size, Path(tmp), variants, args.rounds, ("ignition", "cloud-config"))
+                print(json.dumps(result) if args.json else (
+                    f"{size} node(s), {args.rounds} rounds each, medians: Ignition ready after {ig['ready_s']:.0f}s "
+                    f"(vagrant {ig['vagrant_s']:.0f}s), cloud-config ready after {cc['ready_s']:.0f}s "
+                    f"(vagrant {cc['vagrant_s']:.0f}s): ratio {ig['ready_s'] / cc['ready_s']:.3f}"
+                ), flush=True)  # fmt: skip
+            return 0
         if args.compare_box:
             for size in (int(s) for s in args.sizes.split(",")):
                 tw, ot, result = compare_boxes(size, Path(tmp), args.compare_box, args.rounds)
