@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Final
 
 from coreos_lab.errors import UnitFileError
 
@@ -48,6 +49,7 @@ UNIT_SUFFIXES = (
 # systemd's VALID_CHARS plus '@' (which may appear once, before the instance); '\' starts \xNN escapes.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9:_.\\@*?\[\]-]+")
+GLOB_CHARS: Final = "*?["  # a unit name with one of these is a pattern (fnmatch's), not a name
 
 
 def check_unit_name(name: str, *, allow_template: bool = True, allow_instance: bool = True) -> str:

@@ -244,14 +244,27 @@ def undeploy_cmd(
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Stop units, remove them from every node and delete their records (fleetctl destroy). Idempotent."""
-    from coreos_lab.unitfile import validate_unit_name
+    from coreos_lab.unitfile import GLOB_CHARS, validate_unit_name
 
+    # fleetctl destroy takes names literally (a glob matches nothing there); our own backend expands nothing
+    # either, and refuses a name systemd would not take.
     for u in units:
-        validate_unit_name(u)
+        if not (set(u) & set(GLOB_CHARS)):
+            validate_unit_name(u)
     with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
+        if b.name != "fleet":
+            for u in units:
+                validate_unit_name(u)
         outcomes = b.undeploy(units)
     if as_json:
         emit_json([o.to_json() for o in outcomes])
+    elif b.name == "fleet":
+        # fleetctl's words: a line per destroyed unit; none found at all -> one line on stderr, exit 0
+        for o in outcomes:
+            if o.had_record:
+                typer.echo(f"Destroyed {o.unit}")
+        if not any(o.had_record for o in outcomes):
+            typer.echo("Units not found in registry", err=True)
     else:
         for o in outcomes:
             if o.had_record:

@@ -128,3 +128,21 @@ def test_a_unit_no_machine_can_take_is_refused_before_it_is_submitted(tmp_path: 
         assert "role=db" in result.stderr
         assert len(result.stderr.splitlines()) == 1
         assert FleetClient(fd.url).unit("nowhere.service") is None  # never submitted, so never left launched
+
+
+def test_destroy_takes_names_literally_like_fleetctl(fleet: str) -> None:
+    """fleetctl destroy matches no glob, and says so on stderr with exit 0; a destroyed unit is one line."""
+    glob = RUNS["fleetctl destroy web@*.service"]
+    result = CliRunner().invoke(app, ["undeploy", "web@*.service", "--endpoint", fleet])
+    assert (result.exit_code, result.stdout, result.stderr) == (glob.rc, glob.stdout, glob.stderr)
+    client = FleetClient(fleet)
+    assert {u.name for u in client.units()} >= {"web@1.service", "web@2.service"}  # nothing was destroyed
+    nowhere = (FIXTURES / "unitfiles-more" / "nowhere.service").read_text()
+    client.create_unit(UnitFile.parse(nowhere, name="nowhere.service"), "launched")
+    run = RUNS["fleetctl destroy nowhere.service"]
+    result = CliRunner().invoke(app, ["undeploy", "nowhere.service", "--endpoint", fleet])
+    assert (result.exit_code, result.stdout, result.stderr) == (run.rc, run.stdout, run.stderr)
+    again = CliRunner().invoke(app, ["undeploy", "nowhere.service", "--endpoint", fleet])
+    assert (again.exit_code, again.stdout, again.stderr) == (0, "", "Units not found in registry\n")
+    bad = CliRunner().invoke(app, ["undeploy", "web.servce"])
+    assert bad.exit_code == 2  # a name systemd would refuse is refused before any backend is chosen
