@@ -20,11 +20,15 @@ METADATA_PATH: Final = "/etc/coreos-lab/metadata"
 # fleetd's API socket on a node that runs fleet.
 FLEET_SOCKET: Final = "/var/run/fleet.sock"
 
-# Which channels provisioned the node: Ignition (its result file says a user config was given: Flatcar's Ignition
-# and the lab box's write /etc/.ignition-result.json, 0644), cloud-config (the Vagrant box's user-data file is
-# there), both (a lab root's config.ign beside cloud-config, as on Flatcar's box) or none. One word.
+# Which channels provisioned the node: Ignition (its result file says a user config was given), cloud-config (the
+# Vagrant box's user-data file is there), both (a lab root's config.ign beside cloud-config, as Flatcar's box
+# allows) or none. One word. Debian's Ignition writes the result file 0600: a file that exists but cannot be
+# read is read with `sudo -n` (never a password prompt); a node without one costs no sudo.
+_RESULT: Final = "/etc/.ignition-result.json"
+_PROVIDED: Final = "'\"userConfigProvided\": *true'"
 PROVISIONED_BY: Final = (
-    "p=; grep -qs '\"userConfigProvided\": *true' /etc/.ignition-result.json && p=ignition; "
+    f"p=; if [ -r {_RESULT} ]; then grep -qs {_PROVIDED} {_RESULT} && p=ignition; "
+    f"elif [ -e {_RESULT} ]; then sudo -n grep -qs {_PROVIDED} {_RESULT} 2>/dev/null && p=ignition; fi; "
     "if [ -e /var/lib/flatcar-vagrant/vagrantfile-user-data ] || [ -e /var/lib/coreos-vagrant/vagrantfile-user-data ]; "
     "then p=${p:+$p,}cloud-config; fi; echo ${p:-none}"
 )

@@ -209,13 +209,6 @@ def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path
             str(partial),
         ]
     )
-    say(f"apt-get install {' '.join(recipe.LATE_PACKAGES)} (dracut replaces initramfs-tools)")
-    with _mounted_proc(partial):
-        _run(
-            ["chroot", str(partial), "apt-get", "install", "-y", "--no-install-recommends", *recipe.LATE_PACKAGES],
-            env=dict(_CHROOT_ENV),
-        )
-        _run(["chroot", str(partial), "apt-get", "clean"], env=dict(_CHROOT_ENV))
     os.replace(partial, target)
     return target
 
@@ -240,6 +233,7 @@ def customise(tree: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os_release.unlink()
     os_release.write_text(OS_RELEASE, encoding="utf-8")
+    (tree / "etc/initramfs-tools/modules").write_text("\n".join(recipe.INITRAMFS_MODULES) + "\n", encoding="utf-8")
     (tree / "etc/hostname").write_text("coreos-lab\n", encoding="utf-8")
     (tree / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n", encoding="utf-8")
     (tree / "etc/fstab").write_text("/dev/vda / ext4 defaults,errors=remount-ro 0 1\n", encoding="utf-8")
@@ -249,7 +243,7 @@ def customise(tree: Path) -> None:
     with _mounted_proc(tree):
         _chroot(tree, ["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "core"])
         _chroot(tree, ["passwd", "--lock", "root"])
-        build_initramfs(tree)
+        _chroot(tree, ["update-initramfs", "-u", "-k", "all"])
         add_docker_image(tree)
     # etcd-member runs etcd in a container, as on Flatcar: the image is made from Debian's etcd, which then
     # leaves the host's PATH (Flatcar has only etcdctl there).
@@ -467,33 +461,8 @@ def _mounted_proc(tree: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(proc)], check=False)
 
 
-_CHROOT_ENV: Final = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-
-
-def build_initramfs(tree: Path) -> None:
-    """dracut's initramfs for every kernel in the tree: only the recipe's kernel modules, with Debian's Ignition
-    module and the box's own first-boot module (no host-only detection: the build host is not the node)."""
-    for kernel in sorted(tree.glob("boot/vmlinuz-*")):
-        version = kernel.name.removeprefix("vmlinuz-")
-        _chroot(
-            tree,
-            [
-                "dracut",
-                "--force",
-                "--no-hostonly",
-                "--no-hostonly-cmdline",
-                "--drivers",
-                " ".join(recipe.INITRAMFS_MODULES),
-                "--add",
-                " ".join(recipe.DRACUT_MODULES),
-                f"/boot/initrd.img-{version}",
-                version,
-            ],
-        )
-
-
 def _chroot(tree: Path, argv: Sequence[str]) -> None:
-    _run(["chroot", str(tree), *argv], env=dict(_CHROOT_ENV))
+    _run(["chroot", str(tree), *argv], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
 
 
 def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:

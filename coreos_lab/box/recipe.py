@@ -38,7 +38,7 @@ PACKAGES: Final = (
     "etcd-server",
     "etcd-client",
     "linux-image-amd64",
-    "initramfs-tools",  # replaced by dracut (LATE_PACKAGES)
+    "initramfs-tools",
     "zstd",
 )
 # Issue 7: Docker for the seed's myapp.service, plus an offline `docker pull busybox`: Debian's registry runs
@@ -46,20 +46,9 @@ PACKAGES: Final = (
 # apparmor (a docker.io Recommends that debootstrap skips): Debian's kernel enables AppArmor, and dockerd then
 # refuses to start containers without apparmor_parser to load its docker-default profile.
 EXTRA_PACKAGES: Final[tuple[str, ...]] = ("docker.io", "apparmor", "docker-registry", "busybox-static")
-# Issue 13: Ignition, as on Flatcar, from the initramfs. Debian's `ignition` (2.14) ships a dracut module, so
-# dracut replaces initramfs-tools; the module needs dracut-network (and curl, already above). Installed with
-# apt after debootstrap (whose simple resolver would pull initramfs-tools in for the kernel and clash).
-LATE_PACKAGES: Final[tuple[str, ...]] = ("dracut", "dracut-network", "ignition")
-# The initramfs: only these kernel modules (dracut --drivers; their dependencies come along), plus dracut's
-# ignition module and ours (files/usr/lib/dracut/modules.d/99coreos-lab-ignition).
-INITRAMFS_MODULES: Final = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4", "qemu_fw_cfg")
-DRACUT_MODULES: Final = ("ignition", "coreos-lab-ignition")
+INITRAMFS_MODULES: Final = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4")
 DISK_GB: Final = 10
-# ignition.firstboot on every boot: whether Ignition really runs is decided in the initramfs from the root's
-# /boot/flatcar/first_boot, as Flatcar's GRUB does (see the coreos-lab-ignition dracut module).
-KERNEL_CMDLINE: Final = (
-    "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet ignition.firstboot ignition.platform.id=qemu rd.neednet=0"
-)
+KERNEL_CMDLINE: Final = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
 
 
 def packages() -> tuple[str, ...]:
@@ -81,21 +70,13 @@ def _digest(parts: list[bytes]) -> str:
 
 
 def rootfs_key() -> str:
-    """Cache key of the debootstrap stage: suite, variant and package lists only."""
-    return _digest(
-        [SUITE.encode(), VARIANT.encode(), "\n".join(packages()).encode(), "\n".join(LATE_PACKAGES).encode()]
-    )
+    """Cache key of the debootstrap stage: suite, variant and package list only."""
+    return _digest([SUITE.encode(), VARIANT.encode(), "\n".join(packages()).encode()])
 
 
 def box_key() -> str:
     """Cache key of the finished box: the rootfs key plus every shipped file, the agent and the build steps."""
-    parts = [
-        rootfs_key().encode(),
-        BOX_VERSION.encode(),
-        KERNEL_CMDLINE.encode(),
-        " ".join(INITRAMFS_MODULES).encode(),
-        " ".join(DRACUT_MODULES).encode(),
-    ]
+    parts = [rootfs_key().encode(), BOX_VERSION.encode(), KERNEL_CMDLINE.encode(), " ".join(INITRAMFS_MODULES).encode()]
     here = Path(__file__).parent
     for name in (
         "agent.py",

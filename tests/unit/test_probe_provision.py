@@ -37,6 +37,7 @@ def test_the_probe_says_which_channel_provisioned_the_node(section: str, runs_fl
 
 def run_line(root: Path) -> str:
     line = nodeshell.PROVISIONED_BY.replace("/etc/", f"{root}/etc/").replace("/var/", f"{root}/var/")
+    line = line.replace("sudo -n ", "")  # root runs the tests: the unreadable-file branch is the same grep
     return subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
 
 
