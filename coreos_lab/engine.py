@@ -378,6 +378,7 @@ class Engine:
                 store=RecordStore(EtcdKV(client)),
                 facts=self.liveness.view(facts),
                 hold=self.liveness.held,
+                hold_unobservable=True,  # a node that fails the unit query mid-round waits for its TTL too
                 timeout=self.settings.start_timeout,
             )
         except CoreosLabError as exc:

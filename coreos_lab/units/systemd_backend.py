@@ -485,6 +485,7 @@ def reconcile(
     specs: Mapping[str, NodeSpec] | None = None,
     only: Sequence[str] | None = None,
     hold: Collection[str] = (),
+    hold_unobservable: bool = False,
     dry_run: bool = False,
     timeout: float = 30.0,
 ) -> ReconcileResult:
@@ -494,6 +495,8 @@ def reconcile(
     right away finds nothing to do. ``only`` limits the actions to those units. ``hold`` names nodes that
     missed a probe but are not yet given up (the engine's agent TTL): ``facts`` has their last good probe,
     they stay healthy for placement (their units do not move), and nothing is asked of them or done on them.
+    ``hold_unobservable`` holds a node that answered the probe but not the unit query in the same way (the
+    engine's choice: such a node is given up by the agent TTL, not by one failed query).
     """
     facts = dict(facts) if facts is not None else probe_nodes(cluster, specs)
     held = set(hold) & set(facts)
@@ -501,6 +504,8 @@ def reconcile(
     records = store.list()
     by_name = {r.name: r for r in records}
     states, errors = observe(cluster, list(by_name), {n: f for n, f in facts.items() if n not in held})
+    if hold_unobservable:
+        held |= set(errors)
     # A node we could reach but not ask is not healthy either: we cannot know what runs there.
     nodes = [
         replace(f.to_node(), healthy=f.name in held or (f.reachable and f.name not in errors)) for f in facts.values()

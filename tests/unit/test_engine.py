@@ -113,3 +113,28 @@ def test_status_line() -> None:
     assert describe(st) == "standby (pid 42), leader h:7, last reconcile never, 0 action(s), error: etcd: x"
     assert describe(engine.EngineStatus(False, None, Path("/x"))) == "not running (coreos-lab engine start)"
     assert engine.EngineStatus(False, None, Path("/x"), {"role": "leader"}).to_json()["role"] == "stopped"
+
+
+def test_a_node_that_fails_the_unit_query_is_held_for_the_engine(
+    cluster: Cluster, nodes: dict[str, FakeNode], store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe answered, the unit query did not (a node going down mid-round): reconcile alone moves its
+    units at once; the engine's reconcile holds the node until the agent TTL gives it up."""
+    [out] = sb.deploy(cluster, [unit("myapp.service")], store=store, timeout=2)
+    home = out.nodes[0].node
+    facts = probe.probe_nodes(cluster)
+    real_observe = sb.observe
+
+    def flaky(c: Cluster, names: list[str], f: dict[str, NodeFacts]) -> tuple[dict[str, object], dict[str, str]]:
+        states, errors = real_observe(c, names, f)
+        states.pop(home, None)
+        return states, {**errors, home: "connection lost"}
+
+    monkeypatch.setattr(sb, "observe", flaky)
+    held = sb.reconcile(cluster, store=store, facts=facts, hold_unobservable=True, timeout=2)
+    assert held.actions == ()
+    assert store.get("myapp.service").targets == (home,)  # type: ignore[union-attr]
+    moved = sb.reconcile(cluster, store=store, facts=facts, timeout=2)
+    assert ("unschedule", "myapp.service", home) in {
+        (a.action.kind, a.action.unit, a.action.node) for a in moved.actions
+    }

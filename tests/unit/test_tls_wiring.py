@@ -53,7 +53,7 @@ def test_probe_command_plain_lab_is_unchanged() -> None:
     assert "etcdctl --endpoints=http://127.0.0.1:2379 " in cmd
     assert "https" not in cmd
     # no sudo for etcd on a plain lab (the provisioning check may sudo to read Ignition's 0600 result file)
-    assert "sudo" not in cmd.replace("sudo -n grep -qs '\"userConfigProvided\"", "")
+    assert "sudo" not in cmd.replace('sudo -n grep -qs \'"userConfigProvided"', "")
     assert "--cacert" not in cmd
 
 
