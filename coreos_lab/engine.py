@@ -327,6 +327,10 @@ class Engine:
                 self._etcd = self.cluster.leader_etcd_client(self.liveness.missing(), port=ETCD_PORT, timeout=2.0)
             return self._etcd
 
+    def _drop_client(self) -> None:
+        with self._etcd_lock:
+            self._etcd = None
+
     def _keeper(self, stop: threading.Event) -> None:
         """Renew the lease between rounds, so a long reconcile (or a node lost under our etcd connection) does
         not cost the leadership: a failed renewal is retried at once through another node."""
@@ -357,7 +361,7 @@ class Engine:
                 client = self._client(fresh=True)  # the node under our connection may be the one that went
                 leading = self.leadership.tick(client)
         except CoreosLabError as exc:
-            self._etcd = None
+            self._drop_client()
             self.role = "standby" if not self.leadership.is_leader else self.role
             self.last_error = f"etcd: {exc}"
             self._once("etcd", f"cannot reach etcd; not acting: {exc}")
@@ -382,8 +386,7 @@ class Engine:
                 timeout=self.settings.start_timeout,
             )
         except CoreosLabError as exc:
-            with self._etcd_lock:
-                self._etcd = None
+            self._drop_client()
             self.last_error = f"reconcile: {exc}"
             self._once("reconcile", f"reconcile failed: {exc}")
             return
@@ -478,7 +481,7 @@ def lab_gone(lab: Path | None, inventory: Path | None) -> Callable[[], str | Non
 def open_engine_cluster(lab: Path | None, inventory: Path | None, settings: EngineSettings) -> Cluster:
     """The engine's own connections (in-process, persistent), with a short connect timeout: a node that is
     powered off must cost a probe seconds, not a minute."""
-    from coreos_lab.cluster import Cluster, lab_etcd_tls_dir
+    from coreos_lab.cluster import ETCD_TLS_ENV, Cluster, lab_etcd_tls_dir
     from coreos_lab.sshconfig import parse_ssh_config
 
     if inventory is not None:
@@ -496,7 +499,7 @@ def open_engine_cluster(lab: Path | None, inventory: Path | None, settings: Engi
     if not targets:
         raise UsageError("the ssh config names no hosts")
     cluster = Cluster.from_targets(targets, persist=False, default_timeout=30.0)
-    env_dir = os.environ.get("COREOS_LAB_ETCD_TLS_DIR")
+    env_dir = os.environ.get(ETCD_TLS_ENV)
     cluster.etcd_tls_dir = lab_etcd_tls_dir(lab) if lab is not None else (Path(env_dir) if env_dir else None)
     return cluster
 

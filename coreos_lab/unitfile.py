@@ -49,7 +49,16 @@ UNIT_SUFFIXES = (
 # systemd's VALID_CHARS plus '@' (which may appear once, before the instance); '\' starts \xNN escapes.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9:_.\\@*?\[\]-]+")
-GLOB_CHARS: Final = "*?["  # a unit name with one of these is a pattern (fnmatch's), not a name
+_PATTERN_CHARS: Final = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """Whether ``name`` is an fnmatch pattern rather than a unit name.
+
+    >>> is_pattern("web@*.service"), is_pattern("web@1.service")
+    (True, False)
+    """
+    return not _PATTERN_CHARS.isdisjoint(name)
 
 
 def check_unit_name(name: str, *, allow_template: bool = True, allow_instance: bool = True) -> str:

@@ -244,16 +244,17 @@ def undeploy_cmd(
     accept_new: bool = ACCEPT_NEW_OPTION,
 ) -> None:
     """Stop units, remove them from every node and delete their records (fleetctl destroy). Idempotent."""
-    from coreos_lab.unitfile import GLOB_CHARS, validate_unit_name
+    from coreos_lab.unitfile import is_pattern, validate_unit_name
 
     # fleetctl destroy takes names literally (a glob matches nothing there); our own backend expands nothing
     # either, and refuses a name systemd would not take.
+    patterns = [u for u in units if is_pattern(u)]
     for u in units:
-        if not (set(u) & set(GLOB_CHARS)):
+        if u not in patterns:
             validate_unit_name(u)
     with _backend(_Where(backend, fleet_endpoint, tunnel, ssh_username, lab, inventory, no_persist, accept_new)) as b:
         if b.name != "fleet":
-            for u in units:
+            for u in patterns:
                 validate_unit_name(u)
         outcomes = b.undeploy(units)
     if as_json:

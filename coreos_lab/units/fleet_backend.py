@@ -20,7 +20,7 @@ from coreos_lab import fleet
 from coreos_lab.errors import CoreosLabError, UsageError
 from coreos_lab.fleet import FleetMachine
 from coreos_lab.scheduler import Node, place
-from coreos_lab.unitfile import GLOB_CHARS, UnitFile, XFleet, file_name, validate_unit_name
+from coreos_lab.unitfile import UnitFile, XFleet, file_name, is_pattern, validate_unit_name
 from coreos_lab.units.results import (
     ACTIVE_STATES,
     TMACHINE_WARNING,
@@ -217,11 +217,11 @@ def undeploy(client: FleetClient, names: Sequence[str]) -> tuple[UndeployOutcome
     """``fleetctl destroy``: DELETE each unit (fleet stops it on its machines). Idempotent. A name with a glob
     character is no unit of fleet's (fleetctl matches no pattern): nothing is asked for it."""
     for n in names:
-        if not set(n) & set(GLOB_CHARS):
+        if not is_pattern(n):
             validate_unit_name(n)
     out = []
     for name in names:
-        destroyed = False if set(name) & set(GLOB_CHARS) else client.destroy(name)
+        destroyed = not is_pattern(name) and client.destroy(name)
         out.append(UndeployOutcome(name, destroyed, destroyed))
     return tuple(out)
 
