@@ -325,6 +325,37 @@ def test_cluster_health_one_down_keeps_quorum_two_down_loses_it() -> None:
     assert two_down.leader == 0
 
 
+class OnceSlowClient(StubClient):
+    """Times out on the first status call only, like one answer lost on a loaded host."""
+
+    def __init__(self, status: EndpointStatus) -> None:
+        super().__init__(status)
+        self.calls = 0
+
+    def status(self) -> EndpointStatus:
+        self.calls += 1
+        if self.calls == 1:
+            raise EtcdError("etcd http://stub: timed out")
+        return super().status()
+
+
+def test_one_missed_status_answer_is_asked_again_before_it_counts() -> None:
+    slow = OnceSlowClient(_st(3, 2))
+    health = cluster_health({"a": StubClient(_st(1, 2)), "b": StubClient(_st(2, 2)), "c": slow})
+    assert (health.healthy, slow.calls) == (True, 2)
+    down = StubClient(None)
+    calls: list[int] = []
+    orig = down.status
+
+    def counted() -> EndpointStatus:
+        calls.append(1)
+        return orig()
+
+    down.status = counted  # type: ignore[method-assign]
+    health = cluster_health({"a": StubClient(_st(1, 2)), "c": down})
+    assert (health.healthy, len(calls)) == (False, 2)  # asked twice, then reported
+
+
 def test_member_count_comes_from_member_list_not_endpoint_count() -> None:
     # Only 2 endpoints given, but the cluster has 5 members: 2 agreeing is not a majority of 5.
     health = cluster_health({"a": StubClient(_st(1, 2), members=5), "b": StubClient(_st(2, 2), members=5)})
