@@ -43,6 +43,7 @@ VAGRANT_KEY_GLOBS: Final = (
     "/opt/vagrant/embedded/gems/*/gems/vagrant-*/keys/vagrant.pub",
 )
 BOX_INFO: Final = "coreos-lab-box.json"
+_CHROOT_ENV: Final = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}  # _run adds DEBIAN_FRONTEND
 # The box's own Vagrantfile and the Ruby it requires, packed at the top of the box (sources in vagrant/).
 BOX_VAGRANT_FILES: Final = ("Vagrantfile", "configure_networks.rb")
 # Units the image enables; etcd-member / etcd2 stay disabled until cloud-config says otherwise.
@@ -53,6 +54,7 @@ ENABLE_UNITS: Final = (
     "coreos-cloudinit-vagrant-user.path",
     "coreos-cloudinit-vagrant-legacy.path",
     "coreos-lab-readonly-usr.service",
+    "coreos-lab-first-boot-done.service",
 )
 # Flatcar has no python3: the twin's own tools (the cloud-config agent, sdnotify-proxy) keep a private
 # interpreter here, off PATH, so a command of ours that silently needs Python on a node fails in our tests too.
@@ -139,9 +141,10 @@ def build(*, force: bool = False, on_step: StepFn | None = None) -> BuiltBox:
         say("customising the image (core user, units, networkd, initramfs)")
         customise(tree)
         say("extracting kernel and initrd")
-        kernel, initrd = _kernel_files(tree)
+        kernel, initrd, ignition_initrd = _kernel_files(tree)
         shutil.copy2(kernel, work / "vmlinuz")
         shutil.copy2(initrd, work / "initrd.img")
+        shutil.copy2(ignition_initrd, work / recipe.IGNITION_INITRD)
         say(f"making a {recipe.DISK_GB} GB ext4 disk and converting it to qcow2")
         raw = work / "disk.raw"
         _run(
@@ -164,7 +167,15 @@ def build(*, force: bool = False, on_step: StepFn | None = None) -> BuiltBox:
         say("packing the box")
         partial = work / out.name
         with tarfile.open(partial, "w") as tar:
-            for name in ("metadata.json", *BOX_VAGRANT_FILES, BOX_INFO, "vmlinuz", "initrd.img", "box.img"):
+            for name in (
+                "metadata.json",
+                *BOX_VAGRANT_FILES,
+                BOX_INFO,
+                "vmlinuz",
+                "initrd.img",
+                recipe.IGNITION_INITRD,
+                "box.img",
+            ):
                 tar.add(work / name, arcname=name)
         digest = _sha256(partial)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +220,22 @@ def ensure_rootfs(*, force: bool = False, on_step: StepFn | None = None) -> Path
             str(partial),
         ]
     )
+    # Fetched now, with the network stage; installed only in the box's copy (see build_ignition_initramfs).
+    say(f"apt-get --download-only {' '.join(recipe.LATE_PACKAGES)} (the Ignition initramfs)")
+    with _mounted_proc(partial):
+        _run(
+            [
+                "chroot",
+                str(partial),
+                "apt-get",
+                "install",
+                "-y",
+                "--download-only",
+                "--no-install-recommends",
+                *recipe.LATE_PACKAGES,
+            ],
+            env=dict(_CHROOT_ENV),
+        )
     os.replace(partial, target)
     return target
 
@@ -244,6 +271,7 @@ def customise(tree: Path) -> None:
         _chroot(tree, ["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "core"])
         _chroot(tree, ["passwd", "--lock", "root"])
         _chroot(tree, ["update-initramfs", "-u", "-k", "all"])
+        build_ignition_initramfs(tree)
         add_docker_image(tree)
     # etcd-member runs etcd in a container, as on Flatcar: the image is made from Debian's etcd, which then
     # leaves the host's PATH (Flatcar has only etcdctl there).
@@ -356,7 +384,7 @@ def _copy_files(src: Path, tree: Path) -> None:
         dest.chmod(0o644)
 
 
-def _kernel_files(tree: Path) -> tuple[Path, Path]:
+def _kernel_files(tree: Path) -> tuple[Path, Path, Path]:
     kernels = sorted(tree.glob("boot/vmlinuz-*"))
     if not kernels:
         raise BoxError("the rootfs has no kernel in /boot (is linux-image-amd64 in the recipe?)")
@@ -364,7 +392,10 @@ def _kernel_files(tree: Path) -> tuple[Path, Path]:
     initrd = tree / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")
     if not initrd.exists():
         raise BoxError(f"the rootfs has no initrd for {kernel.name}")
-    return kernel, initrd
+    ignition = tree / "boot" / kernel.name.replace("vmlinuz-", f"{recipe.IGNITION_INITRD}-")
+    if not ignition.exists():
+        raise BoxError(f"the rootfs has no Ignition initrd for {kernel.name}")
+    return kernel, initrd, ignition
 
 
 def preload_docker_images(tree: Path, archives: Sequence[Path]) -> None:
@@ -461,8 +492,40 @@ def _mounted_proc(tree: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(proc)], check=False)
 
 
+def build_ignition_initramfs(tree: Path) -> None:
+    """The second initrd, ``/boot/initrd-ignition.img-<version>``: dracut with Debian's Ignition module and the
+    box's first-boot module, for nodes handed an Ignition config (``/proc`` must be mounted in ``tree``).
+
+    dracut replaces initramfs-tools when installed, so initramfs-tools' initrds (made just before) are kept aside
+    and put back: both initrds ship in the box, and Vagrant picks one per node (the box's Vagrantfile).
+    """
+    kernels = sorted(tree.glob("boot/vmlinuz-*"))
+    kept = {k: (tree / "boot" / k.name.replace("vmlinuz-", "initrd.img-")).read_bytes() for k in kernels}
+    # The packages came with the rootfs (ensure_rootfs); nothing is fetched here.
+    _chroot(tree, ["apt-get", "install", "-y", "--no-download", "--no-install-recommends", *recipe.LATE_PACKAGES])
+    for kernel in kernels:
+        version = kernel.name.removeprefix("vmlinuz-")
+        _chroot(
+            tree,
+            [
+                "dracut",
+                "--force",
+                "--no-hostonly",  # the build host is not the node
+                "--no-hostonly-cmdline",
+                "--drivers",
+                " ".join(recipe.IGNITION_INITRAMFS_DRIVERS),
+                "--modules",
+                " ".join(recipe.DRACUT_MODULES),
+                f"/boot/{recipe.IGNITION_INITRD}-{version}",
+                version,
+            ],
+        )
+        (tree / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")).write_bytes(kept[kernel])
+    _chroot(tree, ["apt-get", "clean"])
+
+
 def _chroot(tree: Path, argv: Sequence[str]) -> None:
-    _run(["chroot", str(tree), *argv], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    _run(["chroot", str(tree), *argv], env=dict(_CHROOT_ENV))
 
 
 def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,19 +58,8 @@ def merge_paths(lab: Path, files: list[Path]) -> tuple[str, ...]:
     return tuple(out)
 
 
-# The lab box applies no Ignition yet (its initramfs has none: see coreos_lab/box/README.md, row 14).
-NO_IGNITION_BOXES = ("coreos-lab/lab",)
-
-
 def _report(result: WriteResult, *, as_json: bool, verb: str) -> None:
     cfg = result.config
-    warnings = list(result.warnings)
-    if cfg.provision == "ignition" and cfg.box in NO_IGNITION_BOXES:
-        warnings.append(
-            f"the box {cfg.box} does not apply Ignition yet, so these nodes would boot unconfigured: use "
-            "--provision cloud-config with it (the Ignition configs are for Flatcar machines, render --out)"
-        )
-    result = replace(result, warnings=tuple(warnings))
     for warning in result.warnings:
         report_problem(warning, label="warning")
     if as_json:

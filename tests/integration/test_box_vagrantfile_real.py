@@ -67,8 +67,13 @@ def provisions(log: list[tuple[str, list[Any], dict[str, str]]]) -> list[tuple[l
     return [(args, kw) for path, args, kw in log if path == "config.vm.provision"]
 
 
+def initrds(log: list[tuple[str, list[Any], dict[str, str]]]) -> list[str]:
+    return [args[0] for path, args, _ in log if path == "config.vm.provider.initrd="]
+
+
 def test_empty_project_gets_no_provisioner_and_no_ignition(box_dir: Path, tmp_path: Path) -> None:
     log = record(box_dir, tmp_path)
+    assert initrds(log) == [str(box_dir / "initrd.img")]  # the small initrd: nothing to apply
     assert provisions(log) == []
     assert not [entry for entry in log if "qemuargs" in entry[0] or "guestproperty" in json.dumps(entry[1])]
     calls = {path: args for path, args, _ in log}
@@ -99,6 +104,7 @@ def test_config_ign_goes_to_the_guest_property_and_to_fw_cfg(box_dir: Path, tmp_
     assert ["guestproperty", "set", "id", "/Ignition/Config", ignition] in customize
     qemu = [kw["value"] for path, _, kw in log if path == "config.vm.provider.qemuargs"]
     assert qemu == ["-fw_cfg", f"name=opt/org.flatcar-linux/config,file={tmp_path / 'config.ign'}"]
+    assert initrds(log) == [str(box_dir / "initrd-ignition.img")]  # the initrd that runs Ignition
     assert provisions(log) == []  # config.ign alone uploads nothing
 
 
@@ -139,3 +145,33 @@ def test_real_vagrant_loads_the_added_box_with_user_files(box_dir: Path, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     # Vagrant merged the box's own Vagrantfile (its loader logs each config source it sets).
     assert f"{home}/boxes/twin-test/0/libvirt/Vagrantfile" in proc.stderr
+
+
+def test_a_projects_provider_block_sees_the_box_constant(box_dir: Path, tmp_path: Path) -> None:
+    # Vagrant loads the box's Vagrantfile (its top level runs) before it runs the project's provider blocks,
+    # each on a fresh object: CoreosLabBox::IGNITION_INITRD is how an Ignition lab's Vagrantfile finds the
+    # box's Ignition initrd. Real Vagrant, real vagrant-libvirt config class.
+    home = tmp_path / "vagrant-home"
+    box = tmp_path / "twin.box"
+    (box_dir / "box.img").write_bytes(b"")
+    with tarfile.open(box, "w") as tar:
+        for name in ("metadata.json", *build.BOX_VAGRANT_FILES, "box.img"):
+            tar.add(box_dir / name, arcname=name)
+    assert vagrant(tmp_path, "box", "add", "--name", "twin-const", str(box), home=home).returncode == 0
+    project = tmp_path / "project"
+    project.mkdir()
+    seen = tmp_path / "seen"
+    (project / "Vagrantfile").write_text(
+        'Vagrant.configure("2") do |c|\n'
+        '  c.vm.box = "twin-const"\n'
+        '  c.vm.define "n1" do |n|\n'
+        "    n.vm.provider :libvirt do |lv|\n"
+        f"      File.write({json.dumps(str(seen))}, "
+        'defined?(CoreosLabBox::IGNITION_INITRD) ? CoreosLabBox::IGNITION_INITRD : "undefined")\n'
+        "    end\n"
+        "  end\n"
+        "end\n"
+    )
+    proc = vagrant(project, "validate", home=home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert seen.read_text() == f"{home}/boxes/twin-const/0/libvirt/initrd-ignition.img"

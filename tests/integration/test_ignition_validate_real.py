@@ -177,3 +177,19 @@ def test_a_node_without_its_config_gets_none(tmp_path: Path) -> None:
     assert any(c[0] == "config.vm.define(core-01).vm.provider(libvirt).qemuargs" for c in calls)
     assert not any(c[0].startswith("config.vm.define(core-02)") and "qemuargs" in c[0] for c in calls)
     assert not any("guestproperty" in json.dumps(c) for c in calls if c[0].startswith("config.vm.define(core-02)"))
+
+
+def test_the_lab_box_boots_its_ignition_initrd_for_each_node(tmp_path: Path) -> None:
+    # The lab box's Vagrantfile names its Ignition initrd (CoreosLabBox::IGNITION_INITRD); a real Flatcar box
+    # names none, and then the rendered Vagrantfile sets no initrd.
+    lab_dir = tmp_path / "lab"
+    cfg = ignition_lab(lab_dir, "libvirt")
+    initrd = tmp_path / "box" / "initrd-ignition.img"
+    initrd.parent.mkdir()
+    initrd.write_bytes(b"")
+    box_says = f"module CoreosLabBox; IGNITION_INITRD = {json.dumps(str(initrd))}; end\n"
+    for prefix, expected in (("", None), (box_says, [str(initrd)])):
+        calls = record_vagrantfile(lab_dir, recorder_prefix=prefix)
+        for node in cfg.nodes:
+            got = [c[1] for c in calls if c[0] == f"config.vm.define({node.name}).vm.provider(libvirt).initrd="]
+            assert got == ([] if expected is None else [expected]), (prefix, node.name, got)

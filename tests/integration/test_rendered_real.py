@@ -274,11 +274,14 @@ print JSON.generate(LOG)
 """
 
 
-def record_vagrantfile(lab_dir: Path, env_extra: dict[str, str] | None = None) -> list[tuple[str, Any, Any]]:
+def record_vagrantfile(
+    lab_dir: Path, env_extra: dict[str, str] | None = None, recorder_prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """``recorder_prefix``: Ruby run before the Vagrantfile is loaded (what a box's Vagrantfile would define)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COREOS_LAB_")}
     env.update(env_extra or {})
     proc = subprocess.run(
-        [require_binary("ruby"), "-e", RECORDER, str(lab_dir / "Vagrantfile")],
+        [require_binary("ruby"), "-e", recorder_prefix + RECORDER, str(lab_dir / "Vagrantfile")],
         cwd=lab_dir, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

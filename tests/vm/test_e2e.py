@@ -231,7 +231,7 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "sudo sha256sum /var/lib/flatcar-vagrant/vagrantfile-user-data | cut -c1-64; "
             "sudo modprobe qemu_fw_cfg 2>/dev/null; "
             "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw; echo; "
-            "test -e /etc/ign && echo applied || echo not-applied",
+            "cat /etc/ign; echo",
         ).splitlines()
         rendered = hashlib.sha256((lab / "cloud-config" / f"{node.name}.yaml").read_bytes()).hexdigest()
         assert lines[:13] == [
@@ -247,10 +247,28 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "file",  # the box moved the user's raw file there first; ours replaced it and was applied
             rendered,
             ROOT_CONFIG_IGN,  # the box's fw_cfg hand-over under Flatcar's name...
-            "not-applied",  # ...not applied: the twin's initramfs has no Ignition (box README, row 14)
+            "y",  # ...applied by the real Ignition in the box's initramfs at first boot, beside the cloud-config
         ], (node.name, lines)
     report = json.loads(rig.run([*CLI, "status", "--json"], cwd=lab, timeout=600, check=False).stdout)
-    assert {n["provisioned_by"] for n in report["nodes"]} == {"cloud-config"}, report["nodes"]
+    assert {n["provisioned_by"] for n in report["nodes"]} == {"ignition,cloud-config"}, report["nodes"]
+
+
+def ignition_facts(rig: Rig, cfg_file: Path, node: str) -> list[str]:
+    """What a node says of its provisioning: the boot Ignition ran in, this boot, whether a user config was
+    given, Ignition's stages in this boot's journal, the initramfs' word on a later boot, any cloud-config."""
+    return on_node(
+        rig,
+        cfg_file,
+        node,
+        'sudo sed -n \'s/.*"provisioningBootID": *"\\([^"]*\\)".*/\\1/p\' /etc/.ignition-result.json; '
+        "cat /proc/sys/kernel/random/boot_id | tr -d -; "
+        "sudo grep -c '\"userConfigProvided\": *true' /etc/.ignition-result.json; "
+        "sudo journalctl -b --no-pager -o cat | grep -c 'files: files passed'; "
+        "sudo journalctl -b --no-pager -o cat | grep -c 'coreos-lab-ignition: not a first boot'; "
+        "test -e /boot/flatcar/first_boot && echo flag || echo no-flag; "
+        "test -e /var/lib/flatcar-vagrant/vagrantfile-user-data && echo cloud-config || echo no-cloud-config",
+        check=False,
+    ).splitlines()
 
 
 def active_nodes(rig: Rig, lab: Path, unit: str, nodes: list[str]) -> list[str]:
@@ -266,7 +284,7 @@ def active_nodes(rig: Rig, lab: Path, unit: str, nodes: list[str]) -> list[str]:
     return out
 
 
-def engine_flow(rig: Rig, lab: Path) -> None:
+def engine_flow(rig: Rig, lab: Path) -> str:
     """`up` started the engine; a node running a unit is powered off and nobody types a command."""
     names = [n.name for n in labconfig.load(lab).nodes]
     st = until(
@@ -311,6 +329,7 @@ def engine_flow(rig: Rig, lab: Path) -> None:
         f"engine on VMs: {home} powered off -> moving.service running on {moved_to[0]} after {moved:.1f}s; "
         f"`up {home}` {booted:.0f}s; the unit runs once"
     )
+    return home
 
 
 def test_static_lab(rig: Rig, lab_root: Path) -> None:
@@ -345,7 +364,13 @@ def test_static_lab(rig: Rig, lab_root: Path) -> None:
         # The engine moves a unit off a powered-off node by itself; the node's return (a cold boot: it keeps
         # its identity and etcd comes back by itself, enabled by cloud-config, which the box re-applies at
         # boot) leaves the unit running once. `up` on a running lab only waits for health.
-        engine_flow(rig, lab)
+        home = engine_flow(rig, lab)
+        # That node's second boot: the first-boot flag went with the first, so the Ignition initramfs skipped
+        # Ignition (the result file still names the first boot) and said why.
+        facts = ignition_facts(rig, ssh_config(rig, lab), home)
+        assert facts[0], facts
+        assert facts[0].replace("-", "") != facts[1], facts
+        assert facts[2:6] == ["1", "0", "1", "no-flag"], (home, facts)
         coreos_lab(rig, "up", "--wait-timeout", "900", cwd=lab, timeout=1200)
         check_cluster(rig, lab)
     finally:
@@ -362,26 +387,73 @@ def files_of(lab: Path) -> dict[str, bytes]:
     }
 
 
-def test_self_hosted_discovery_tls_lab(rig: Rig, lab_root: Path) -> None:
-    """One boot for two scenarios (a VM lab costs ~10 min of CI). The members find each other through a
-    self-hosted discovery directory (the rig's etcd), with TLS peer URLs. And `init --tls` holds on VMs: etcd
-    serves clients and peers over TLS with client certificates, coreos-lab's own clients (up's probe, status,
-    etcd, deploy) use the lab's certificate, and plain or cert-less access is refused on the nodes themselves."""
+MERGED_IGN = json.dumps(
+    {
+        "ignition": {"version": "3.3.0"},
+        "storage": {"files": [{"path": "/etc/lab-merged", "contents": {"source": "data:,merged"}}]},
+        "systemd": {
+            "units": [
+                {
+                    "name": "lab-merged.service",
+                    "enabled": True,
+                    "contents": "[Unit]\nDescription=from the user's merge file\n[Service]\n"
+                    "ExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+                }
+            ]
+        },
+    }
+)
+
+
+def test_self_hosted_discovery_tls_ignition_lab(rig: Rig, lab_root: Path) -> None:
+    """One boot for three scenarios (a VM lab costs ~10 min of CI).
+
+    - Issue 13: the lab is provisioned by Ignition alone, applied by the real Ignition in the box's initramfs
+      at first boot, with a unit from a --ignition-merge file, and no cloud-config is handed over.
+    - The members find each other through a self-hosted discovery directory (the rig's etcd), with TLS peer URLs.
+    - `init --tls` holds on VMs: etcd serves clients and peers over TLS with client certificates, coreos-lab's own
+      clients (up's probe, status, etcd, deploy) use the lab's certificate, and plain or cert-less access is
+      refused on the nodes themselves.
+    """
     from coreos_lab.tls import NODE_ETCDCTL_FLAGS
 
     lab = lab_root / "e2etls"
-    init_lab(rig, lab, SELF_HOSTED_NODES, "self-hosted", "--discovery-endpoint", rig.etcd_url, "--tls")
+    merge = lab_root / "merge.ign"
+    merge.write_text(MERGED_IGN)
+    init_lab(
+        rig,
+        lab,
+        SELF_HOSTED_NODES,
+        "self-hosted",
+        "--discovery-endpoint",
+        rig.etcd_url,
+        "--tls",
+        "--provision",
+        "ignition",
+        "--ignition-merge",
+        str(merge),
+    )
     cfg = labconfig.load(lab)
     assert cfg.tls
+    assert cfg.provision == "ignition"
+    assert not (lab / "cloud-config").exists()
     assert cfg.discovery_url
     assert cfg.discovery_url.startswith(rig.etcd_url + "/v2/keys/discovery/")
     try:
         start = time.monotonic()
         up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400)
-        print(f"self-hosted TLS lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
+        print(f"self-hosted TLS Ignition lab: coreos-lab up {time.monotonic() - start:.0f}s\n{up.stdout}")
         assert "ready after" in up.stdout
         report = json.loads(coreos_lab(rig, "status", "--json", cwd=lab, timeout=600).stdout)
         assert report["ok"], report
+        assert {n["name"]: n["provisioned_by"] for n in report["nodes"]} == {n.name: "ignition" for n in cfg.nodes}
+        cfg_file = ssh_config(rig, lab)
+        for node in cfg.nodes:
+            facts = ignition_facts(rig, cfg_file, node.name)
+            assert facts[0].replace("-", "") == facts[1], (node.name, facts)  # Ignition ran in this, the first boot
+            assert facts[2:] == ["1", "1", "0", "no-flag", "no-cloud-config"], (node.name, facts)
+            merged = on_node(rig, cfg_file, node.name, "systemctl is-active lab-merged.service; cat /etc/lab-merged")
+            assert merged.split() == ["active", "merged"], (node.name, merged)
         etcd = report["etcd"]
         assert (etcd["tls"], etcd["healthy"], etcd["healthy_members"], etcd["member_count"]) == (
             True,
@@ -400,7 +472,6 @@ def test_self_hosted_discovery_tls_lab(rig: Rig, lab_root: Path) -> None:
         got = json.loads(coreos_lab(rig, "etcd", "get", "/e2e/tls", "--json", cwd=lab, timeout=300).stdout)
         assert [(kv["key"], kv["value"]) for kv in got] == [("/e2e/tls", "over-https")], got
 
-        cfg_file = ssh_config(rig, lab)
         for node in cfg.nodes:
             ep = "https://127.0.0.1:2379"
             out = on_node(

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Ignition's files stage leaves its unit choices as presets (/etc/systemd/system-preset/*ignition*.preset);
+# systemd would apply them only on a first boot by machine-id, which the box's is not: apply them here, on the
+# root being prepared. Then the first boot is over.
+set -eu
+for preset in /sysroot/etc/systemd/system-preset/*ignition*.preset; do
+    [ -e "$preset" ] || continue
+    while read -r verb unit _rest; do
+        case "$verb" in
+            enable) systemctl --root=/sysroot enable "$unit" ;;
+            disable) systemctl --root=/sysroot disable "$unit" ;;
+        esac
+    done < "$preset"
+done
+rm -f /sysroot/boot/flatcar/first_boot
+echo "coreos-lab-ignition: presets applied; first boot done"
