@@ -87,6 +87,10 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
         "engine_cmds",
         "The engine that reschedules units by itself when a node goes away (fleet's engine; one leader per lab).",
     ),
+    "fault": (
+        "fault_cmds",
+        "Break the cluster on purpose (partition, delay, loss, kill, stop), list what is broken, heal it.",
+    ),
 }
 
 
@@ -129,6 +133,10 @@ def _register(module: str, app: typer.Typer) -> None:
             from coreos_lab.cli import engine_cmds
 
             engine_cmds.register(app)
+        case "fault_cmds":
+            from coreos_lab.cli import fault_cmds
+
+            fault_cmds.register(app)
         case "status":
             from coreos_lab.cli import status
 

@@ -40,6 +40,9 @@ PACKAGES = (
     "sudo",
     "iproute2",
     "procps",
+    # the fault lab (coreos_lab/fault.py): iptables for partitions, nft for its nftables backend, tc (iproute2)
+    "iptables",
+    "nftables",
 )
 # No python3, as on Flatcar: a node command of ours that silently needs Python fails here too.
 
