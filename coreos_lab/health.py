@@ -84,6 +84,7 @@ class EtcdStatus:
     leader: str | None
     error: str | None = None
     tls: bool = False  # reached over https with the lab's client certificate
+    raft_term: int = 0  # the leader's term, as the members naming it say (0: no leader)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class EtcdStatus:
             "healthy_members": self.healthy_members,
             "expected_members": self.expected_members,
             "leader": self.leader,
+            "raft_term": self.raft_term,
             "error": self.error,
         }
 
@@ -170,7 +172,8 @@ def _etcd_probe(cluster: Cluster, name: str, timeout: float, port: int = ETCD_PO
 
 def etcd_summary(health: ClusterHealth, expected: int, unreachable: Sequence[str] = ()) -> EtcdStatus:
     """Fold :class:`~coreos_lab.etcd.ClusterHealth` (plus members we could not even reach) into EtcdStatus."""
-    ok = sum(1 for m in health.members if m.ok and health.leader and m.leader == health.leader)
+    agreeing = [m for m in health.members if m.ok and health.leader and m.leader == health.leader]
+    ok = len(agreeing)
     return EtcdStatus(
         healthy=health.healthy and not unreachable,
         has_quorum=health.has_quorum,
@@ -178,6 +181,9 @@ def etcd_summary(health: ClusterHealth, expected: int, unreachable: Sequence[str
         healthy_members=ok,
         expected_members=expected,
         leader=f"{health.leader:x}" if health.leader else None,
+        # Only the members naming the leader: a cut-off member's own term climbs with every election it
+        # starts alone, and is not the cluster's.
+        raft_term=max((m.raft_term for m in agreeing), default=0),
     )
 
 

@@ -89,7 +89,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     ),
     "fault": (
         "fault_cmds",
-        "Break the cluster on purpose (partition, delay, loss, kill, stop), list what is broken, heal it.",
+        "Break the cluster on purpose (partition, delay, loss, kill, stop), heal it, or run a measured drill.",
     ),
 }
 

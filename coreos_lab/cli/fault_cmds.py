@@ -1,11 +1,12 @@
 """CLI commands: ``fault partition|delay|loss|kill|leader|stop|list|heal``, the fault lab (see
-:mod:`coreos_lab.fault`)."""
+:mod:`coreos_lab.fault`), and ``fault drill``, its scripted scenarios (see :mod:`coreos_lab.drill`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 fault_app = typer.Typer(
     name="fault",
-    help="Break the cluster on purpose (partition, delay, loss, kill, stop), list what is broken, heal it.",
+    help="Break the cluster on purpose (partition, delay, loss, kill, stop), heal it, or run a measured drill.",
     no_args_is_help=True,
 )
 
@@ -293,6 +294,79 @@ def heal(
         typer.echo(f"healed {len(report.healed)} fault(s)" + (f", {len(report.failed)} not" if report.failed else ""))
     if report.failed:
         raise typer.Exit(1)
+
+
+@fault_app.command("drill")
+def drill(
+    name: str = typer.Argument(..., help="leader-loss, partition-minority, node-loss or slow-network."),
+    timeout: float = typer.Option(
+        120.0,
+        "--timeout",
+        help="Seconds the drill may take until it heals (heal's checks, the read-back and the clean-up get 30 s "
+        "more); it heals when it runs out, and on Ctrl-C.",
+    ),
+    samples: int = typer.Option(20, "--samples", help="slow-network: writes per phase for the median and p90."),
+    lab: Path | None = LAB_OPTION,
+    inventory: Path | None = INVENTORY_OPTION,
+    no_persist: bool = NO_PERSIST_OPTION,
+    accept_new: bool = ACCEPT_NEW_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run a scripted fault, measure the cluster's answer, heal, and check that no acknowledged write was lost.
+
+    leader-loss: kill the etcd leader; time until a new leader, and until writes are acknowledged again.
+    partition-minority: cut a follower off; the majority keeps writing, a write through the cut-off member
+    fails, after the heal it catches up. node-loss (a Vagrant lab with the engine running): power off a node
+    running deployed units; time until each runs elsewhere, then each runs once. slow-network: +200 ms on
+    the leader's traffic; write latency (median, p90) before, during, after.
+
+    A writer writes numbered keys (/coreos-lab/drill/<run id>/<n>) through the whole drill; after the heal
+    every acknowledged one is read back: "lost writes: 0", else the count and exit 1. The keys are deleted.
+    A drill starts from a healthy etcd with no fault recorded. One line per phase as it happens, then the
+    figures (--json: the figures as JSON, the phases on stderr).
+
+    Example: coreos-lab fault drill leader-loss --inventory nodes.ssh
+    """
+    from coreos_lab.drillbook import check_drill, check_samples, check_timeout
+
+    check_drill(name)
+    check_timeout(timeout)
+    check_samples(samples)
+    from coreos_lab import drill as drills
+    from coreos_lab.drillbook import Phase
+
+    def progress(phase: Phase) -> None:
+        typer.echo(f"{phase.at:6.1f}s  {phase.text}", err=as_json)
+
+    with open_faults(lab, inventory, no_persist=no_persist, accept_new=accept_new) as faults:
+        the_drill = drills.Drill(
+            faults,
+            vagrant=inventory is None,
+            engine=_engine_status(lab, inventory),
+            timeout=timeout,
+            samples=samples,
+            progress=progress,
+        )
+        result = the_drill.run(name)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for line in result.summary():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _engine_status(lab: Path | None, inventory: Path | None) -> Callable[[], dict[str, Any] | None]:
+    """The engine's last report for this lab, read from its state dir each time it is asked."""
+    from coreos_lab import engine
+
+    where = engine.state_dir_for(None if inventory is not None else lab_dir(lab).resolve(), inventory)
+
+    def read() -> dict[str, Any] | None:
+        return engine.read_status(where).to_json() if where.is_dir() else None
+
+    return read
 
 
 @fault_app.command("expire", hidden=True)

@@ -160,7 +160,7 @@ def test_every_fault_command_has_help_with_an_example() -> None:
     (group,) = load_commands("fault_cmds").values()
     commands = group.commands  # type: ignore[attr-defined]
     shown = {name for name, cmd in commands.items() if not cmd.hidden}
-    assert shown == {"partition", "delay", "loss", "kill", "leader", "stop", "list", "heal"}
+    assert shown == {"partition", "delay", "loss", "kill", "leader", "stop", "list", "heal", "drill"}
     for name in shown:
         assert "Example: coreos-lab fault " in (commands[name].help or ""), name
     assert "3 when nothing was recorded" in " ".join((commands["heal"].help or "").split())

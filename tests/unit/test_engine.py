@@ -49,6 +49,43 @@ def test_a_node_is_lost_only_after_two_misses_and_the_ttl() -> None:
     assert live.missing() == {"a"}
 
 
+def facts(up: str, down: str) -> dict[str, NodeFacts]:
+    return {**{n: NodeFacts(n, True) for n in up}, **{n: NodeFacts(n, False, error="timed out") for n in down}}
+
+
+def test_a_round_most_nodes_miss_together_counts_for_nothing() -> None:
+    # The CI case: a missed one probe, then all three missed the next one on a loaded host; a was running.
+    live = Liveness(agent_ttl=10, now=0)
+    live.update(facts("abc", ""), now=0)
+    live.update(facts("bc", "a"), now=8)
+    events = live.update(facts("", "abc"), now=18)
+    assert events == [
+        "3 of 3 nodes missed this probe at once: the round does not count (is the engine host overloaded?)"
+    ]
+    assert (live.blind, live.lost, live.held) == (True, set(), {"a"})
+    assert live.update(facts("", "abc"), now=20) == []  # said once per streak
+    assert live.lost == set()
+    live.update(facts("abc", ""), now=22)
+    assert (live.blind, live.lost, live.held) == (False, set(), set())
+
+
+def test_a_node_really_down_is_still_lost_across_a_blind_round() -> None:
+    live = Liveness(agent_ttl=10, now=0)
+    live.update(facts("abc", ""), now=0)
+    live.update(facts("bc", "a"), now=2)
+    live.update(facts("c", "ab"), now=4)  # 2 of 3: blind
+    live.update(facts("bc", "a"), now=6)
+    assert live.lost == set()  # two misses counted, but 6 s of silence
+    live.update(facts("bc", "a"), now=16)
+    assert live.lost == {"a"}
+    # one node of two down is not "most": it counts
+    two = Liveness(agent_ttl=1, now=0)
+    two.update(facts("ab", ""), now=0)
+    two.update(facts("b", "a"), now=1)
+    two.update(facts("b", "a"), now=2)
+    assert two.lost == {"a"}
+
+
 def test_a_node_never_seen_is_lost_one_ttl_after_the_engine_started() -> None:
     live = Liveness(agent_ttl=5, now=100)
     live.update({"b": DOWN}, now=101)
