@@ -126,15 +126,21 @@ cap.configure_networks(nil, [{}, {}])
     assert proc.stdout == "cloud-config 2"
 
 
-def test_real_vagrant_loads_the_added_box_with_user_files(box_dir: Path, tmp_path: Path) -> None:
+def add_twin_box(box_dir: Path, tmp_path: Path, name: str) -> Path:
+    """The box's Vagrantfile packed with an empty disk, ``vagrant box add``ed as ``name``; returns VAGRANT_HOME."""
     home = tmp_path / "vagrant-home"
     box = tmp_path / "twin.box"
     (box_dir / "box.img").write_bytes(b"")
     with tarfile.open(box, "w") as tar:
-        for name in ("metadata.json", *build.BOX_VAGRANT_FILES, "box.img"):
-            tar.add(box_dir / name, arcname=name)
-    added = vagrant(tmp_path, "box", "add", "--name", "twin-test", str(box), home=home)
+        for member in ("metadata.json", *build.BOX_VAGRANT_FILES, "box.img"):
+            tar.add(box_dir / member, arcname=member)
+    added = vagrant(tmp_path, "box", "add", "--name", name, str(box), home=home)
     assert added.returncode == 0, added.stderr
+    return home
+
+
+def test_real_vagrant_loads_the_added_box_with_user_files(box_dir: Path, tmp_path: Path) -> None:
+    home = add_twin_box(box_dir, tmp_path, "twin-test")
     project = tmp_path / "project"
     project.mkdir()
     (project / "Vagrantfile").write_text('Vagrant.configure("2") { |c| c.vm.box = "twin-test" }\n')
@@ -151,13 +157,7 @@ def test_a_projects_provider_block_sees_the_box_constant(box_dir: Path, tmp_path
     # Vagrant loads the box's Vagrantfile (its top level runs) before it runs the project's provider blocks,
     # each on a fresh object: CoreosLabBox::IGNITION_INITRD is how an Ignition lab's Vagrantfile finds the
     # box's Ignition initrd. Real Vagrant, real vagrant-libvirt config class.
-    home = tmp_path / "vagrant-home"
-    box = tmp_path / "twin.box"
-    (box_dir / "box.img").write_bytes(b"")
-    with tarfile.open(box, "w") as tar:
-        for name in ("metadata.json", *build.BOX_VAGRANT_FILES, "box.img"):
-            tar.add(box_dir / name, arcname=name)
-    assert vagrant(tmp_path, "box", "add", "--name", "twin-const", str(box), home=home).returncode == 0
+    home = add_twin_box(box_dir, tmp_path, "twin-const")
     project = tmp_path / "project"
     project.mkdir()
     seen = tmp_path / "seen"
