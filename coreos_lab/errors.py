@@ -56,6 +56,19 @@ class VagrantError(CoreosLabError):
     """Vagrant is missing, failed, or answered something we cannot use."""
 
 
+class VagrantLostSSH(VagrantError):
+    """Vagrant lost its SSH connection to machines during its boot steps (``machines``: the ones it named).
+
+    Seen on software-emulated nodes under load (``no route to host`` while a node was busy with its first boot);
+    the machines run, but Vagrant's steps after the boot (hostname, networks, provisioners) are incomplete.
+    """
+
+    def __init__(self, message: str, *, machines: tuple[str, ...] = (), reason: str = "", hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.machines = machines
+        self.reason = reason
+
+
 class SSHError(CoreosLabError):
     """A node could not be reached or authenticated over SSH."""
 

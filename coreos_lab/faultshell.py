@@ -135,9 +135,17 @@ def kill_command(unit: str) -> str:
 
 
 def start_unit(unit: str) -> str:
-    """Start the unit unless systemd has restarted it already; says which."""
+    """Start the unit unless systemd has restarted it already or is restarting it; says which. Never waits.
+
+    A start job is queued (``--no-block``), not waited for: etcd-member's start took over a minute on a busy
+    software-emulated node after its etcd was killed, and a heal undoes a fault, it does not wait out a boot.
+    """
     u = shlex.quote(unit)
-    return f"if systemctl is-active --quiet {u}; then echo running; else systemctl start {u} && echo started; fi"
+    return (  # no $: the line also runs from a transient systemd timer, which would expand it (undo_line)
+        f"if systemctl is-active --quiet {u}; then echo running; "
+        f"elif systemctl is-active {u} | grep -qx -e activating -e reloading; then echo restarting; "
+        f"else systemctl start --no-block {u} && echo started; fi"
+    )
 
 
 def timer_command(fault_id: str, seconds: float, undo: str) -> str:
@@ -243,7 +251,11 @@ def undone(fault_id: str, word: str, stdout: str) -> str:
     if word.startswith("tc "):
         return f"removed the netem qdisc on {word[3:]}"
     unit = word[5:]
-    return f"{unit} was running again (systemd restarted it)" if stdout == "running" else f"started {unit}"
+    if stdout == "running":
+        return f"{unit} was running again (systemd restarted it)"
+    if stdout == "restarting":
+        return f"{unit} is being restarted by systemd"
+    return f"asked systemd to start {unit}"
 
 
 def _tail(result: CommandResult) -> str:

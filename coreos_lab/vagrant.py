@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from coreos_lab.errors import VagrantError
+from coreos_lab.errors import VagrantError, VagrantLostSSH
 from coreos_lab.fsutil import atomic_write
 
 LineFn = Callable[[str], None]
@@ -64,6 +64,20 @@ _STATE_ALIASES: Final = {("libvirt", "shutoff"): "poweroff", ("libvirt", "paused
 _PROVIDER_MISSING_RE: Final = re.compile(r"provider '([\w-]+)' could not be found", re.IGNORECASE)
 _PROGRESS_RE: Final = re.compile(r"^(?:==> |    )([A-Za-z0-9][\w.-]*): (.*)$")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Vagrant's words for the machine a parallel action failed on, and for an SSH connection lost or never made
+# again while its boot steps ran (its communicator retries these five times, then gives up).
+_FAILED_MACHINE_RE: Final = re.compile(r"executing the action on the '([A-Za-z0-9][\w.-]*)'\s+machine")
+_LOST_SSH_RE: Final = re.compile(
+    r"(?P<unreach>EHOSTUNREACH|no route to host)|(?P<reset>ECONNRESET|connection reset)"
+    r"|(?P<banner>timeout during server version negotiating)|(?P<closed>SSH connection was unexpectedly closed)",
+    re.IGNORECASE,
+)
+_LOST_SSH_REASONS: Final = {
+    "unreach": "no route to host",
+    "reset": "connection reset",
+    "banner": "sshd's banner timed out",
+    "closed": "connection closed",
+}
 _RUBY_FRAME_RE: Final = re.compile(r"^\s*(?:from\s+)?\S+\.rb:\d+:in [`'][^']*'(?::\s*(.*))?$")
 DEFAULT_TIMEOUT: Final = 3600.0  # up / halt / destroy / reload / provision
 QUERY_TIMEOUT: Final = 300.0  # status, ssh-config, ssh
@@ -148,7 +162,13 @@ def explain_failure(command: str, exit_code: int, stderr: str) -> VagrantError:
         elif frame.group(1):
             lines.append(frame.group(1).strip())
     tail = " | ".join(lines[-4:]) if lines else "no output on stderr"
-    return VagrantError(f"vagrant {command} failed (exit {exit_code}): {tail}")
+    machines = tuple(dict.fromkeys(_FAILED_MACHINE_RE.findall(text)))
+    where = f" on {', '.join(machines)}" if machines else ""
+    message = f"vagrant {command} failed (exit {exit_code}){where}: {tail}"
+    lost = _LOST_SSH_RE.search(text)
+    if lost is not None:
+        return VagrantLostSSH(message, machines=machines, reason=_LOST_SSH_REASONS.get(lost.lastgroup or "", ""))
+    return VagrantError(message)
 
 
 def machine_ids_fingerprint(lab_dir: Path) -> str:

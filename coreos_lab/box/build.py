@@ -576,4 +576,9 @@ def add_docker_image(tree: Path) -> None:
     registry.write_storage(store, image)
     _chroot(tree, ["chown", "-R", "docker-registry:docker-registry", "/" + REGISTRY_ROOT])
     _chroot(tree, ["usermod", "--append", "--groups", "docker", "core"])
-    _run(["systemctl", f"--root={tree}", "enable", "docker-registry.service", "docker.service"])
+    # Flatcar starts Docker on demand: docker.socket at boot, docker.service on its first client (etcd-member's
+    # wrapper, a unit's `docker run`). Debian's packages enable the services themselves; the registry mirror
+    # comes up with Docker (Wants= in docker.service.d/10-coreos-lab.conf). containerd stays enabled, as Flatcar
+    # keeps it running from multi-user.target.
+    _run(["systemctl", f"--root={tree}", "disable", "docker.service", "docker-registry.service"])
+    _run(["systemctl", f"--root={tree}", "enable", "docker.socket"])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 import typer
 
 from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
-from coreos_lab.errors import VagrantError
+from coreos_lab.errors import VagrantError, VagrantLostSSH
 
 if TYPE_CHECKING:
     from coreos_lab import config as labconfig
@@ -179,7 +179,17 @@ def up(
     interrupted = False
     with Progress(targets, verbose) as progress:
         try:
-            vm.up(chosen or None, parallel=parallel, on_line=progress.line)  # drops the ssh-config cache itself
+            try:
+                vm.up(chosen or None, parallel=parallel, on_line=progress.line)  # drops the ssh-config cache itself
+            except VagrantLostSSH as lost:
+                again = retry_targets(lost, targets)
+                if not again:
+                    raise
+                # Once: the machines run, but Vagrant stopped their boot steps (hostname, networks,
+                # provisioners) when SSH failed; a reload with provisioning runs them all again.
+                for name in again:
+                    progress.set(name, f"lost SSH ({lost.reason or 'connection failed'}), booting again once")
+                vm.reload(again, provision=True, on_line=progress.line)
         except KeyboardInterrupt:
             # Vagrant got its SIGINT and finished its own clean-up (coreos_lab.vagrant); the lab's files
             # were not touched: say how to go on.
@@ -268,6 +278,25 @@ def up(
             f"the cluster was not healthy within {wait_timeout:g}s ({'; '.join(problems)[:300]})",
             hint="see `coreos-lab logs etcd-member` or raise --wait-timeout",
         )
+
+
+def retry_targets(lost: VagrantLostSSH, targets: Sequence[str]) -> list[str]:
+    """The machines `up` boots again after Vagrant lost SSH to them: those it named, or the only one it booted.
+
+    None (so the error stands) when Vagrant named none of several, or named one that `up` did not boot.
+
+    >>> retry_targets(VagrantLostSSH("x", machines=("core-02",)), ["core-01", "core-02"])
+    ['core-02']
+    >>> retry_targets(VagrantLostSSH("x"), ["core-01", "core-02"])
+    []
+    >>> retry_targets(VagrantLostSSH("x"), ["core-03"])
+    ['core-03']
+    """
+    if not lost.machines:
+        return list(targets) if len(targets) == 1 else []
+    if not set(lost.machines) <= set(targets):
+        return []
+    return [name for name in targets if name in lost.machines]
 
 
 def _connect(path: Path, nodes: Sequence[str]) -> Cluster:

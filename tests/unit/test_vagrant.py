@@ -11,7 +11,7 @@ import pytest
 
 from coreos_lab import health, probe, vagrant
 from coreos_lab.cli import vm as vm_cli
-from coreos_lab.errors import VagrantError
+from coreos_lab.errors import VagrantError, VagrantLostSSH
 
 FAKE = r"""#!/bin/sh
 # A stand-in for vagrant: logs its argv, answers per subcommand, fails when told to.
@@ -45,6 +45,16 @@ case "$1" in
     echo "==> core-01: Creating domain with the following settings..."
     echo "==> core-01: Waiting for machine to boot. This may take a few minutes..."
     echo "warning from vagrant" >&2
+    if [ -n "$FAKE_LOST_SSH" ] && echo " $FAKE_LOST_SSH " | grep -q " $1 "; then
+      # Vagrant 2.3.4's words when one machine of a parallel up lost SSH (as CI printed them)
+      printf '%s\n' "An error occurred while executing multiple actions in parallel." \
+        "Any errors that occurred are shown below." "" \
+        "An error occurred while executing the action on the 'core-02'" \
+        "machine. Please handle this error then try again:" "" \
+        'While attempting to connect with SSH, a "no route to host" (EHOSTUNREACH)' \
+        "error was received. Please verify your network settings are correct" "and try again." >&2
+      exit 1
+    fi
     if [ -n "$FAKE_FAIL" ]; then
       echo "The provider 'libvirt' could not be found, but was requested to" >&2
       echo "back the machine 'core-01'. Please use a provider that exists." >&2
@@ -69,6 +79,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("FAKE_FAIL", raising=False)
     monkeypatch.delenv("FAKE_SSH_CONFIG_FAIL", raising=False)
     monkeypatch.delenv("FAKE_HANG", raising=False)
+    monkeypatch.delenv("FAKE_LOST_SSH", raising=False)
     return log
 
 
@@ -372,3 +383,69 @@ def test_cli_up_unknown_node_is_a_usage_error(fake: Path, lab: Path) -> None:
     assert result.exit_code == 2
     assert "no node named 'core-09'" in result.stderr
     assert calls(fake) == []
+
+
+LOST_SSH = (
+    "An error occurred while executing multiple actions in parallel.\nAny errors that occurred are shown below.\n\n"
+    "An error occurred while executing the action on the 'core-02'\nmachine. Please handle this error then try again:\n"
+    '\nWhile attempting to connect with SSH, a "no route to host" (EHOSTUNREACH)\n'
+    "error was received. Please verify your network settings are correct\nand try again.\n"
+)
+
+
+def test_explain_failure_names_the_machine_that_lost_ssh() -> None:
+    err = vagrant.explain_failure("up", 1, LOST_SSH)
+    assert isinstance(err, VagrantLostSSH)
+    assert err.machines == ("core-02",)
+    assert err.reason == "no route to host"
+    assert str(err).startswith("vagrant up failed (exit 1) on core-02: ")
+    other = vagrant.explain_failure("up", 1, LOST_SSH.replace("EHOSTUNREACH", "").replace("no route to host", "x"))
+    assert not isinstance(other, VagrantLostSSH)
+    assert str(other).startswith("vagrant up failed (exit 1) on core-02: ")
+    banner = vagrant.explain_failure("up", 1, "Timeout during server version negotiating\n")
+    assert isinstance(banner, VagrantLostSSH)
+    assert (banner.machines, banner.reason) == ((), "sshd's banner timed out")
+
+
+def _cli_up(lab: Path, *args: str):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from coreos_lab import config as labconfig
+    from coreos_lab.cli import app
+
+    labconfig.save(lab, labconfig.LabConfig(instances=3, provider="libvirt"))
+    return CliRunner().invoke(app, ["up", "--lab", str(lab), "--no-wait", *args])
+
+
+def test_cli_up_boots_a_machine_that_lost_ssh_again_once(
+    fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LOST_SSH", "up")
+    result = _cli_up(lab)
+    assert result.exit_code == 0, result.output
+    assert calls(fake) == ["up --provider=libvirt --parallel", "reload core-02 --provision"]
+    assert "core-02: lost SSH (no route to host), booting again once" in result.stderr
+    assert result.stdout.startswith("vagrant up finished")
+
+
+def test_cli_up_gives_up_when_the_second_boot_loses_ssh_too(
+    fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LOST_SSH", "up reload")
+    result = _cli_up(lab)
+    assert result.exit_code == 1
+    assert calls(fake) == ["up --provider=libvirt --parallel", "reload core-02 --provision"]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.stderr
+    assert "vagrant reload failed (exit 1) on core-02" in error[0]
+    assert "Traceback" not in result.output
+
+
+def test_cli_up_does_not_retry_a_machine_it_did_not_boot(
+    fake: Path, lab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LOST_SSH", "up")
+    result = _cli_up(lab, "core-01")
+    assert result.exit_code == 1
+    assert calls(fake) == ["up core-01 --provider=libvirt --parallel"]
+    assert "on core-02" in result.stderr

@@ -231,10 +231,15 @@ def check_twin(rig: Rig, lab: Path) -> None:
             "sudo sha256sum /var/lib/flatcar-vagrant/vagrantfile-user-data | cut -c1-64; "
             "sudo modprobe qemu_fw_cfg 2>/dev/null; "
             "sudo cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw; echo; "
-            "cat /etc/ign; echo",
+            "cat /etc/ign; echo; "
+            "systemctl is-enabled docker.socket containerd.service | tr '\\n' ' '; echo; "
+            "d=$(systemctl show -P InactiveExitTimestampMonotonic docker.service); "
+            f"u=$(systemctl show -P InactiveExitTimestampMonotonic '{USER_CLOUDINIT}'); "
+            '[ "$d" -ge "$u" ] && echo docker-after-user-data || echo docker-before-user-data; '
+            "ls /etc/ssh/ | grep '^ssh_host_.*_key$' | tr '\\n' ' '; echo",
         ).splitlines()
         rendered = hashlib.sha256((lab / "cloud-config" / f"{node.name}.yaml").read_bytes()).hexdigest()
-        assert lines[:13] == [
+        assert lines[:16] == [
             "no-python",  # Flatcar has no Python: nothing of ours may need it on a node
             "usr-ro",
             "no-hostname-I",  # net-tools' hostname, as on Flatcar
@@ -248,6 +253,10 @@ def check_twin(rig: Rig, lab: Path) -> None:
             rendered,
             ROOT_CONFIG_IGN,  # the box's fw_cfg hand-over under Flatcar's name...
             "y",  # ...applied by the real Ignition in the box's initramfs at first boot, beside the cloud-config
+            # Docker on demand, as on Flatcar: this first boot started it for the user-data, not before
+            "enabled enabled ",
+            "docker-after-user-data",
+            "ssh_host_ecdsa_key ssh_host_ed25519_key ",  # no RSA key (box README, row 19)
         ], (node.name, lines)
     report = json.loads(rig.run([*CLI, "status", "--json"], cwd=lab, timeout=600, check=False).stdout)
     assert {n["provisioned_by"] for n in report["nodes"]} == {"ignition,cloud-config"}, report["nodes"]
