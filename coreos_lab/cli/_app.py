@@ -91,6 +91,10 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
         "fault_cmds",
         "Break the cluster on purpose (partition, delay, loss, kill, stop), heal it, or run a measured drill.",
     ),
+    "snapshot": (
+        "snapshot_cmds",
+        "Snapshots of the whole lab (every node at one moment, memory included): save, restore, list, delete.",
+    ),
 }
 
 
@@ -137,6 +141,10 @@ def _register(module: str, app: typer.Typer) -> None:
             from coreos_lab.cli import fault_cmds
 
             fault_cmds.register(app)
+        case "snapshot_cmds":
+            from coreos_lab.cli import snapshot_cmds
+
+            snapshot_cmds.register(app)
         case "status":
             from coreos_lab.cli import status
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import typer
 
-from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, use_color
-from coreos_lab.errors import VagrantError, VagrantLostSSH
+from coreos_lab.cli._common import JSON_OPTION, LAB_OPTION, emit_json, emit_table, lab_dir, report_problem, use_color
+from coreos_lab.errors import CoreosLabError, VagrantError, VagrantLostSSH
 
 if TYPE_CHECKING:
     from coreos_lab import config as labconfig
     from coreos_lab.cluster import Cluster
+    from coreos_lab.probe import NodeFacts
+    from coreos_lab.units.results import ActionOutcome
 
 # Vagrant's messages -> the phase shown per node. First match wins; order follows a boot.
 PHASES: Final = (
@@ -226,6 +228,9 @@ def up(
         timeout=wait_timeout,
         tls=cfg.tls,
     )
+    restored: list[ActionOutcome] = []
+    if ready and whole and not any(h.runs_fleet for h in health.values()):
+        restored = restore_units(path, health)
     total = time.monotonic() - start
     engine: dict[str, object] | None = None
     if ready and whole and not no_engine:
@@ -258,6 +263,7 @@ def up(
                 "vagrant_seconds": round(booted, 1),
                 "total_seconds": round(total, 1),
                 "engine": engine,
+                "units": [outcome.to_json() for outcome in restored],
                 "nodes": [
                     dict(zip(("name", "state", "ip", "etcd", "members", "health"), r, strict=True)) for r in rows
                 ],
@@ -265,6 +271,11 @@ def up(
         )
     else:
         emit_table(["NODE", "STATE", "IP", "ETCD", "MEMBERS", "HEALTH"], rows)
+        for outcome in restored:
+            if outcome.ok:
+                typer.echo(f"units: {outcome.action}")
+            else:
+                report_problem(f"units: {outcome.action}: {outcome.error}")
         typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
         if engine is not None:
             typer.echo(f"engine {'started' if engine['started'] else 'already running'} (pid {engine['pid']})")
@@ -299,6 +310,26 @@ def retry_targets(lost: VagrantLostSSH, targets: Sequence[str]) -> list[str]:
     return [name for name in targets if name in lost.machines]
 
 
+def restore_units(path: Path, facts: Mapping[str, NodeFacts]) -> list[ActionOutcome]:
+    """Bring the deployed units back where etcd says they run (one reconcile), and say what it did.
+
+    Units are started, not enabled (as fleet did), so after a halt, a host restart or a node's reboot nothing
+    starts them; fleet's agents did it from etcd, and the engine does it within a few rounds. `up` does it
+    before it returns, so a resumed lab is whole when `up` says it is ready, with or without the engine.
+    A lab with nothing deployed costs one unit query per node.
+    """
+    from coreos_lab.cluster import open_cluster
+    from coreos_lab.units.systemd_backend import reconcile
+
+    try:
+        with open_cluster(lab=path, inventory=None, accept_new=True, persist=False) as cluster:
+            result = reconcile(cluster, facts=facts, specs=None)
+    except CoreosLabError as exc:
+        report_problem(f"deployed units not restored: {exc} (the engine or `coreos-lab reconcile` will retry)")
+        return []
+    return list(result.actions)
+
+
 def _connect(path: Path, nodes: Sequence[str]) -> Cluster:
     """A fresh cluster over ``nodes``' current ``vagrant ssh-config`` (no mux: a booting node may still change)."""
     from coreos_lab import vagrant
@@ -320,6 +351,13 @@ def _simple(action: str, nodes: list[str], lab: Path | None, verbose: bool, **kw
         stopped = stop_engine(path)
         if stopped:
             typer.echo(f"engine stopped (pid {stopped})")
+    if action == "destroy" and not chosen and cfg.provider == "libvirt":
+        # libvirt keeps a domain's snapshots beside it (and refuses to undefine it with them): ours go first.
+        from coreos_lab.snapshot import SnapshotLab
+
+        removed = SnapshotLab(path).remove_all()
+        if removed:
+            typer.echo(f"removed {len(removed)} snapshot(s): {', '.join(removed)}")
     with Progress(chosen or [n.name for n in cfg.nodes], verbose) as progress:
         getattr(vm, action)(chosen or None, on_line=progress.line, **kwargs)  # drops the ssh-config cache itself
     typer.echo(f"{action}: done in {time.monotonic() - start:.0f}s")

@@ -560,8 +560,42 @@ def test_self_hosted_discovery_tls_ignition_lab(rig: Rig, lab_root: Path) -> Non
         figures = result["figures"]
         assert figures["latency_during"]["median_ms"] >= figures["latency_before"]["median_ms"] + 150, figures
         assert json.loads(coreos_lab(rig, "fault", "list", "--json", cwd=lab).stdout)["faults"] == []
+        resume_flow(rig, lab)
     finally:
         destroy_and_check(rig, lab)
+
+
+def resume_flow(rig: Rig, lab: Path) -> None:
+    """Issue 15: `halt` then `up` is a resume of the same cluster. etcd's data and members (over TLS) come back,
+    a deployed unit runs where it ran before `up` returns, and the second boot skips Ignition, as on Flatcar."""
+    names = [n.name for n in labconfig.load(lab).nodes]
+    keep = lab / "keep.service"
+    keep.write_text("[Service]\nExecStart=/bin/sleep infinity\n")
+    match = re.search(
+        r"Unit keep\.service launched on (\S+) ", coreos_lab(rig, "deploy", str(keep), cwd=lab, timeout=900).stdout
+    )
+    assert match
+    home = match.group(1)
+    t0 = time.monotonic()
+    coreos_lab(rig, "halt", cwd=lab, timeout=900)
+    halted = time.monotonic() - t0
+    t1 = time.monotonic()
+    up = coreos_lab(rig, "up", "--wait-timeout", "1200", cwd=lab, timeout=2400).stdout
+    resumed = time.monotonic() - t1
+    print(f"resume: halt {halted:.0f}s, up {resumed:.0f}s\n{up}")
+    assert f"units: start keep.service on {home}" in up, up
+    cfg_file = ssh_config(rig, lab)
+    assert active_nodes(rig, lab, "keep.service", names) == [home]
+    got = json.loads(coreos_lab(rig, "etcd", "get", "/e2e/tls", "--json", cwd=lab, timeout=300).stdout)
+    assert [(kv["key"], kv["value"]) for kv in got] == [("/e2e/tls", "over-https")], got
+    report = json.loads(coreos_lab(rig, "status", "--json", cwd=lab, timeout=600).stdout)
+    assert report["ok"], report
+    assert (report["etcd"]["tls"], report["etcd"]["healthy_members"]) == (True, len(names)), report
+    for node in names:
+        facts = ignition_facts(rig, cfg_file, node)
+        assert facts[0].replace("-", "") != facts[1], (node, facts)  # Ignition ran in an earlier boot, not this one
+        assert facts[2:] == ["1", "0", "1", "no-flag", "no-cloud-config"], (node, facts)
+        assert on_node(rig, cfg_file, node, "systemctl is-active lab-merged.service").strip() == "active"
 
 
 def test_nothing_left_running(rig: Rig) -> None:
