@@ -68,6 +68,19 @@ def drill(lab: Path, name: str) -> dict[str, Any]:
     return data
 
 
+def wait_healthy(lab: Path, limit: float = 900) -> float:
+    """Wait until `status` says the cluster is OK (a drill starts from a healthy cluster; node-loss's heal
+    powers a node on, and its etcd rejoins minutes later on VMs); returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        proc = subprocess.run([*CLI, "status"], cwd=lab, capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            raise SystemExit(f"benchmark: the cluster was not healthy within {limit:g}s between drills")
+        time.sleep(5)
+
+
 def prepare_node_loss(lab: Path) -> None:
     """A unit of ours to move (a one-target unit: a global one cannot move) and an engine to move it."""
     (lab / UNIT).write_text(UNIT_TEXT)
@@ -96,7 +109,24 @@ def main() -> int:
         prepare_node_loss(lab)
     try:
         for name in chosen:
-            results.append(drill(lab, name))
+            waited = wait_healthy(lab)
+            if waited > 1:
+                print(f"waited {waited:.0f} s for a healthy cluster before {name}", file=sys.stderr)
+            try:
+                results.append(drill(lab, name))
+            except SystemExit as exc:  # one drill that printed no figures does not hide the others'
+                print(exc, file=sys.stderr)
+                results.append(
+                    {
+                        "drill": name,
+                        "ok": False,
+                        "detection_s": None,
+                        "recovery_s": None,
+                        "lost_writes": 0,
+                        "problems": [str(exc)],
+                        "figures": {},
+                    }
+                )
     finally:
         if "node-loss" in chosen:
             cli(lab, "undeploy", UNIT, ok=(0, 1))
@@ -111,7 +141,7 @@ def main() -> int:
             f"  {name:<20}{fmt(r['detection_s']):>11}{fmt(r['recovery_s']):>11}{r['lost_writes']:>13}   "
             f"{REFERENCE[name]}"
         )
-        if name == "slow-network":
+        if name == "slow-network" and r["figures"]:
             f = r["figures"]
             said = ", ".join(
                 f"{when} {f[f'latency_{when}']['median_ms']}/{f[f'latency_{when}']['p90_ms']} ms"

@@ -380,6 +380,21 @@ def open_cluster(
     return cluster
 
 
+def forget_connections(lab_dir: Path) -> None:
+    """Stop the background process holding SSH connections to the lab's nodes, if one runs.
+
+    For when the nodes' own side of those connections is gone while their addresses stay (a snapshot
+    restore puts every node back to an earlier moment): the next command connects afresh instead of waiting
+    out a dead connection.
+    """
+    from coreos_lab import vagrant
+    from coreos_lab.mux import MuxClient
+
+    text = vagrant.ssh_config_text(Path(lab_dir))
+    for accept_new in (False, True):
+        MuxClient(text, accept_new=accept_new).shutdown()
+
+
 def lab_etcd_tls_dir(lab_dir: Path) -> Path | None:
     """``lab_dir`` when its coreos-lab.toml says ``tls = true`` (etcd speaks https), else None."""
     from coreos_lab import config as labconfig
