@@ -70,6 +70,7 @@ class Progress:
     verbose: bool
     phases: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    history: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # node -> (phase, since start)
     _live: object | None = None
 
     def __enter__(self) -> Progress:
@@ -108,6 +109,7 @@ class Progress:
         if self.phases.get(node) == phase:
             return
         self.phases[node] = phase
+        self.history.setdefault(node, []).append((phase, time.monotonic() - self.started))
         if self._live is not None:
             self._live.update(self._table())  # type: ignore[attr-defined]
         elif not self.verbose:
@@ -127,6 +129,19 @@ class Progress:
 
 
 # -- commands -----------------------------------------------------------------------------------------
+def profile_rows(history: dict[str, list[tuple[str, float]]], end: float) -> dict[str, list[tuple[str, float]]]:
+    """Each node's phases with the seconds spent in each (a phase lasts until the next one, the last until ``end``).
+
+    >>> profile_rows({"core-01": [("booting", 2.0), ("booted", 50.0)]}, 80.0)
+    {'core-01': [('booting', 48.0), ('booted', 30.0)]}
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for node, seen in history.items():
+        ends = [t for _, t in seen[1:]] + [end]
+        out[node] = [(phase, round(stop - since, 1)) for (phase, since), stop in zip(seen, ends, strict=True)]
+    return out
+
+
 def _lab(lab: Path | None) -> tuple[Path, labconfig.LabConfig]:
     from coreos_lab import config as labconfig
 
@@ -160,11 +175,16 @@ def up(
     no_engine: bool = typer.Option(
         False, "--no-engine", help="Do not start the engine that moves units off nodes that go away."
     ),
+    profile: bool = typer.Option(
+        False, "--profile", help="Then print where the time went: each node's Vagrant phases and the wait for etcd."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Boot the lab's nodes (Vagrant), then wait until every node answers SSH and etcd is healthy.
 
     A healthy lab gets its engine (`coreos-lab engine status`) unless --no-engine.
+
+    Example: coreos-lab up --profile
     """
     path, cfg = _lab(lab)
     from coreos_lab.cli.lab import refuse_unexpected_pickups
@@ -203,9 +223,12 @@ def up(
             )
         for name in targets:
             progress.set(name, "booted, checking cluster" if wait else "up")
+    history = progress.history
     booted = time.monotonic() - start
     if not wait:
         typer.echo(f"vagrant up finished in {booted:.0f}s (not waiting for the cluster: --no-wait)")
+        for node, row in (profile_rows(history, booted) if profile else {}).items():
+            typer.echo(f"profile {node}: " + ", ".join(f"{p} {t:.0f}s" for p, t in row))
         return
     # After a whole-lab `vagrant up` succeeded every node runs: no `vagrant status` needed (~3 s saved).
     states = {m.name: m.state for m in vm.status()} if chosen else {n.name: "running" for n in cfg.nodes}
@@ -256,9 +279,15 @@ def up(
                 "healthy" if seen.healthy else "unhealthy",
             )
         )
+    phases = profile_rows(history, total) if profile else {}
     if as_json:
         emit_json(
             {
+                **(
+                    {"profile": {n: [{"phase": p, "seconds": t} for p, t in r] for n, r in phases.items()}}
+                    if profile
+                    else {}
+                ),
                 "ready": ready,
                 "vagrant_seconds": round(booted, 1),
                 "total_seconds": round(total, 1),
@@ -279,6 +308,8 @@ def up(
         typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
         if engine is not None:
             typer.echo(f"engine {'started' if engine['started'] else 'already running'} (pid {engine['pid']})")
+        for node, row in phases.items():
+            typer.echo(f"profile {node}: " + ", ".join(f"{p} {t:.0f}s" for p, t in row))
     if not ready:
         problems = [
             f"{h.name}: {h.error or (h.etcd and h.etcd.unit_state) or 'unhealthy'}"

@@ -449,3 +449,13 @@ def test_cli_up_does_not_retry_a_machine_it_did_not_boot(
     assert result.exit_code == 1
     assert calls(fake) == ["up core-01 --provider=libvirt --parallel"]
     assert "on core-02" in result.stderr
+
+
+def test_cli_up_profile_says_where_the_time_went(fake: Path, lab: Path) -> None:
+    result = _cli_up(lab, "--profile")
+    assert result.exit_code == 0, result.output
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("profile core-01: ")]
+    assert len(line) == 1, result.stdout
+    assert "creating VM " in line[0]
+    assert "waiting for SSH " in line[0]
+    assert line[0].endswith("s")
