@@ -36,6 +36,7 @@ from typing import Any, Final, TypeVar
 from coreos_lab.errors import CoreosLabError, UsageError
 from coreos_lab.fsutil import atomic_write
 from coreos_lab.runner import run_argv
+from coreos_lab.vagrant import VagrantLab
 
 STATE_DIR: Final = ".coreos-lab"
 RECORDS: Final = "snapshots.json"
@@ -94,11 +95,11 @@ def check_name(name: str) -> str:
     return name
 
 
-def lab_domains(lab_dir: Path) -> dict[str, str]:
-    """node -> libvirt domain UUID, for every machine Vagrant created with libvirt in ``lab_dir``."""
+def lab_domains(lab_dir: Path, provider: str = "libvirt") -> dict[str, str]:
+    """node -> machine id (libvirt: the domain's UUID), for every machine Vagrant created with ``provider``."""
     out: dict[str, str] = {}
     machines = lab_dir / ".vagrant" / "machines"
-    for ident in sorted(machines.glob("*/libvirt/id")):
+    for ident in sorted(machines.glob(f"*/{provider}/id")):
         value = ident.read_text(encoding="utf-8").strip()
         if value:
             out[ident.parent.parent.name] = value
@@ -240,6 +241,9 @@ class SnapshotLab:
         self.virsh = virsh or Virsh()
         self.path = self.lab_dir / STATE_DIR / RECORDS
 
+    def machines(self) -> dict[str, str]:
+        return lab_domains(self.lab_dir)
+
     # -- the record ------------------------------------------------------------------------------------------------
     def snapshots(self) -> list[Snapshot]:
         if not self.path.exists():
@@ -269,7 +273,7 @@ class SnapshotLab:
         check_name(name)
         if any(s.name == name for s in self.snapshots()):
             raise SnapshotError(f"a snapshot named {name!r} exists already", hint=f"coreos-lab snapshot delete {name}")
-        domains = lab_domains(self.lab_dir)
+        domains = self.machines()
         if not domains:
             raise SnapshotError("this lab has no libvirt machines to snapshot", hint="coreos-lab up")
         states = parallel(lambda n: self.virsh.state(domains[n]), domains)
@@ -311,7 +315,7 @@ class SnapshotLab:
     # -- restore ---------------------------------------------------------------------------------------------------
     def check_restorable(self, name: str) -> Snapshot:
         snap = self.get(name)
-        why = shape_change(snap, lab_domains(self.lab_dir))
+        why = shape_change(snap, self.machines())
         if why:
             raise SnapshotError(
                 f"snapshot {name} was taken of other machines ({why}); it restores only the lab it was taken of",
@@ -378,7 +382,7 @@ class SnapshotLab:
         for snap in snaps:
             self._drop_libvirt(snap)
         names = [s.name for s in snaps]
-        domains = lab_domains(self.lab_dir)
+        domains = self.machines()
         present = parallel(lambda n: self.virsh.names(domains[n]), domains)
         for node, got in present.items():
             if isinstance(got, CoreosLabError):
@@ -389,3 +393,64 @@ class SnapshotLab:
         if self.path.exists():
             self.path.unlink()
         return list(dict.fromkeys(names))
+
+
+class VagrantSnapshotLab(SnapshotLab):
+    """The snapshots of a VirtualBox lab, through Vagrant's own ``vagrant snapshot`` (one machine after another).
+
+    ``save`` suspends every machine first (VirtualBox saves each one's state), snapshots them while they are
+    suspended, and resumes them: the saved states are of one moment, as on libvirt. ``restore`` is Vagrant's,
+    machine by machine (each restored machine resumes from its saved state at once, seconds apart from the
+    next). Sizes are not known: VirtualBox keeps them in its own files.
+    """
+
+    def __init__(self, lab_dir: Path, vagrant: VagrantLab) -> None:
+        super().__init__(lab_dir)
+        self.vagrant = vagrant
+
+    def machines(self) -> dict[str, str]:
+        return lab_domains(self.lab_dir, "virtualbox")
+
+    def save(self, name: str, *, on_step: StepFn | None = None) -> tuple[Snapshot, float]:
+        say = on_step or (lambda _m: None)
+        check_name(name)
+        if any(s.name == name for s in self.snapshots()):
+            raise SnapshotError(f"a snapshot named {name!r} exists already", hint=f"coreos-lab snapshot delete {name}")
+        machines = self.machines()
+        if not machines:
+            raise SnapshotError("this lab has no VirtualBox machines to snapshot", hint="coreos-lab up")
+        snap = Snapshot(name, time.time(), machines)
+        started = time.monotonic()
+        say(f"suspending {len(machines)} machines")
+        try:
+            self.vagrant.suspend()
+            say("taking each machine's snapshot (vagrant snapshot save)")
+            self.vagrant.snapshot("save", snap.libvirt_name)
+        finally:
+            say("resuming them")
+            self.vagrant.resume()
+        self._write([*self.snapshots(), snap])
+        return snap, time.monotonic() - started
+
+    def restore(self, name: str, *, on_step: StepFn | None = None) -> float:
+        say = on_step or (lambda _m: None)
+        snap = self.check_restorable(name)
+        started = time.monotonic()
+        say("restoring each machine (vagrant snapshot restore)")
+        self.vagrant.snapshot("restore", snap.libvirt_name, "--no-provision")
+        return time.monotonic() - started
+
+    def sizes(self, snap: Snapshot) -> tuple[int, int]:
+        return 0, 0
+
+    def _drop_libvirt(self, snap: Snapshot) -> int:
+        self.vagrant.snapshot("delete", snap.libvirt_name)
+        return len(snap.domains)
+
+    def remove_all(self) -> list[str]:
+        snaps = self.snapshots() if self.path.exists() else []
+        for snap in snaps:
+            self._drop_libvirt(snap)
+        if self.path.exists():
+            self.path.unlink()
+        return [s.name for s in snaps]

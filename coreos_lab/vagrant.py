@@ -266,6 +266,16 @@ class VagrantLab:
     ) -> None:
         self._change(["reload", *(nodes or []), *(["--provision"] if provision else [])], on_line)
 
+    def suspend(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
+        self._change(["suspend", *(nodes or [])], on_line)
+
+    def resume(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
+        self._change(["resume", *(nodes or [])], on_line)
+
+    def snapshot(self, action: str, *args: str, on_line: LineFn | None = None) -> None:
+        """``vagrant snapshot ACTION ARGS`` for every machine (``save NAME``, ``restore NAME``, ``delete NAME``)."""
+        self._change(["snapshot", action, *args], on_line)
+
     def provision(self, nodes: Sequence[str] | None = None, *, on_line: LineFn | None = None) -> None:
         """Re-run the provisioners: copies each node's cloud-config again and applies it (the rendered provisioner)."""
         self._run(["provision", *(nodes or [])], on_line=on_line)

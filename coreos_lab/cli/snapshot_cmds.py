@@ -28,16 +28,16 @@ WAIT_TIMEOUT_OPTION = typer.Option(
 
 def _lab(lab: Path | None) -> tuple[Path, SnapshotLab]:
     from coreos_lab import config as labconfig
-    from coreos_lab.snapshot import SnapshotLab
+    from coreos_lab.snapshot import SnapshotLab, VagrantSnapshotLab
+    from coreos_lab.vagrant import VagrantLab
 
     path = lab_dir(lab).resolve()
     cfg = labconfig.load(path)
-    if cfg.provider != "libvirt":
-        raise UsageError(
-            f"snapshots are made for libvirt labs; this lab uses {cfg.provider}",
-            hint="on VirtualBox use `vagrant snapshot save NODE NAME` per node (README, Snapshots)",
-        )
-    return path, SnapshotLab(path)
+    if cfg.provider == "libvirt":
+        return path, SnapshotLab(path)
+    if cfg.provider == "virtualbox":
+        return path, VagrantSnapshotLab(path, VagrantLab(path, provider="virtualbox"))
+    raise UsageError(f"snapshots are made for libvirt and VirtualBox labs; this lab uses {cfg.provider}")
 
 
 @snapshot_app.command("save")
@@ -183,8 +183,8 @@ def list_cmd(lab: Path | None = LAB_OPTION, as_json: bool = JSON_OPTION) -> None
                 r["name"],
                 r["created"],
                 str(len(r["nodes"])),
-                human_size(r["memory_bytes"]),
-                human_size(r["images_bytes"]),
+                human_size(r["memory_bytes"]) if r["memory_bytes"] else "-",
+                human_size(r["images_bytes"]) if r["images_bytes"] else "-",
                 "yes" if r["restorable"] else "no (the lab changed)",
             )
             for r in rows

@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 
 from coreos_lab import config as labconfig
 from coreos_lab.cli import app
-from coreos_lab.errors import UsageError
-from coreos_lab.snapshot import SnapshotError, SnapshotLab, check_name
+from coreos_lab.errors import UsageError, VagrantError
+from coreos_lab.snapshot import SnapshotError, SnapshotLab, VagrantSnapshotLab, check_name
+from coreos_lab.vagrant import VagrantLab
+from tests.conftest import require_binary
 
 FAKE_VIRSH = r"""#!/bin/sh
 # virsh -q -c URI COMMAND ARGS: domains are directories under $FAKE_VIRT; state in DIR/state, snapshots DIR/snap.*
@@ -233,11 +235,63 @@ def test_cli_bad_input_is_one_line(lab: Path, args: list[str], words: str) -> No
     assert "Traceback" not in result.output
 
 
-def test_cli_refuses_a_virtualbox_lab(tmp_path: Path) -> None:
+FAKE_VAGRANT = r"""#!/bin/sh
+echo "$*" >> "$FAKE_VIRT/vagrant.log"
+if [ "$1 $2" = "snapshot restore" ] && [ -e "$FAKE_VIRT/fail-restore" ]; then
+  echo "The snapshot 'coreos-lab-x' does not exist for core-02." >&2; exit 1
+fi
+"""
+
+
+@pytest.fixture
+def vbox(tmp_path: Path, virt: Path) -> Path:
+    exe = tmp_path / "bin" / "vagrant"
+    exe.write_text(FAKE_VAGRANT)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     d = tmp_path / "vb"
     d.mkdir()
-    labconfig.save(d, labconfig.LabConfig(instances=3, provider="virtualbox"))
-    result = CliRunner().invoke(app, ["snapshot", "save", "x", "--lab", str(d)])
-    assert result.exit_code == 2
-    assert "snapshots are made for libvirt labs; this lab uses virtualbox" in result.stderr
-    assert "vagrant snapshot save NODE NAME" in result.stderr
+    labconfig.save(d, labconfig.LabConfig(instances=2, provider="virtualbox"))
+    (d / "Vagrantfile").write_text("# rendered\n")
+    for i in (1, 2):
+        ident = d / ".vagrant/machines" / f"core-0{i}" / "virtualbox" / "id"
+        ident.parent.mkdir(parents=True)
+        ident.write_text(f"vbox-{i}")
+    return d
+
+
+def test_virtualbox_goes_through_vagrants_own_snapshot_commands(vbox: Path, virt: Path) -> None:
+    runner = CliRunner()
+    saved = runner.invoke(app, ["snapshot", "save", "clean", "--lab", str(vbox)])
+    assert saved.exit_code == 0, saved.output
+    # suspended together (VirtualBox saves each one's state), snapshotted while suspended, resumed
+    assert (virt / "vagrant.log").read_text().splitlines() == [
+        "suspend",
+        "snapshot save coreos-lab-clean",
+        "resume",
+    ]
+    listed = json.loads(runner.invoke(app, ["snapshot", "list", "--json", "--lab", str(vbox)]).stdout)
+    assert [(r["name"], r["nodes"], r["memory_bytes"]) for r in listed] == [("clean", ["core-01", "core-02"], 0)]
+    snaps = VagrantSnapshotLab(vbox, VagrantLab(vbox, provider="virtualbox"))
+    assert snaps.restore("clean") >= 0
+    assert (virt / "vagrant.log").read_text().splitlines()[-1] == "snapshot restore coreos-lab-clean --no-provision"
+    (virt / "fail-restore").touch()
+    with pytest.raises(VagrantError, match="does not exist for core-02"):
+        snaps.restore("clean")
+    gone = runner.invoke(app, ["snapshot", "delete", "clean", "--lab", str(vbox)])
+    assert gone.exit_code == 0, gone.output
+    assert (virt / "vagrant.log").read_text().splitlines()[-1] == "snapshot delete coreos-lab-clean"
+
+
+def test_this_vagrant_has_the_commands_the_virtualbox_path_runs() -> None:
+    """What this machine allows of VirtualBox (it has none): the real Vagrant knows each command and its form."""
+    import subprocess
+
+    real = require_binary("vagrant")
+    for sub in ("save", "restore", "delete"):
+        out = subprocess.run([real, "snapshot", sub, "--help"], capture_output=True, text=True, timeout=120)
+        assert f"vagrant snapshot {sub} [options] [vm-name] <name>" in out.stdout, out.stdout
+    restore = subprocess.run([real, "snapshot", "restore", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--[no-]provision" in restore.stdout
+    for cmd in ("suspend", "resume"):
+        out = subprocess.run([real, cmd, "--help"], capture_output=True, text=True, timeout=120)
+        assert out.stdout.startswith(f"Usage: vagrant {cmd} "), out.stdout
