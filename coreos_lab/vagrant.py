@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from coreos_lab.errors import VagrantError, VagrantLostSSH
+from coreos_lab.errors import CoreosLabError, VagrantError, VagrantLostSSH
 from coreos_lab.fsutil import atomic_write
 
 LineFn = Callable[[str], None]
@@ -324,11 +324,34 @@ def _cached(lab_dir: Path, fingerprint: str) -> dict[str, str]:
 
 
 def invalidate(lab_dir: Path | str) -> None:
-    """Forget the lab's cached ssh-config (up / reload / halt / destroy do it themselves)."""
+    """Forget the lab's cached ssh-config (up / reload / halt / destroy do it themselves).
+
+    The background process holding SSH connections made with a cached config (:mod:`coreos_lab.mux`) is
+    stopped with it: a node that was powered off or rebooted keeps its address, so the next command would get
+    the same process and its dead connections (seen after a node's power-off and `vagrant up`: "connection
+    reset" for 30 s).
+    """
     state = Path(lab_dir) / STATE_DIR
+    _stop_muxes(state / SSH_CONFIG_CACHE)
     for name in (SSH_CONFIG_CACHE, *_OLD_CACHES):
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()
+
+
+def _stop_muxes(cache: Path) -> None:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    configs = data.get("configs") if isinstance(data, dict) else None
+    if not isinstance(configs, dict):
+        return
+    from coreos_lab.mux import MuxClient
+
+    for text in {v for v in configs.values() if isinstance(v, str)}:
+        for accept_new in (False, True):
+            with contextlib.suppress(CoreosLabError, OSError):
+                MuxClient(text, accept_new=accept_new).shutdown()
 
 
 def ssh_config_text(lab_dir: Path, nodes: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> str:
