@@ -267,15 +267,20 @@ class SnapshotLab:
         atomic_write(self.path, text, mode=0o600)
 
     # -- save ------------------------------------------------------------------------------------------------------
-    def save(self, name: str, *, on_step: StepFn | None = None) -> tuple[Snapshot, float]:
-        """Snapshot every node at one moment; returns the snapshot and how long the nodes were paused."""
-        say = on_step or (lambda _m: None)
+    def _to_save(self, name: str, what: str) -> dict[str, str]:
+        """The machines a new snapshot ``name`` would hold; refuses a bad or taken name and a lab without any."""
         check_name(name)
         if any(s.name == name for s in self.snapshots()):
             raise SnapshotError(f"a snapshot named {name!r} exists already", hint=f"coreos-lab snapshot delete {name}")
-        domains = self.machines()
-        if not domains:
-            raise SnapshotError("this lab has no libvirt machines to snapshot", hint="coreos-lab up")
+        machines = self.machines()
+        if not machines:
+            raise SnapshotError(f"this lab has no {what} machines to snapshot", hint="coreos-lab up")
+        return machines
+
+    def save(self, name: str, *, on_step: StepFn | None = None) -> tuple[Snapshot, float]:
+        """Snapshot every node at one moment; returns the snapshot and how long the nodes were paused."""
+        say = on_step or (lambda _m: None)
+        domains = self._to_save(name, "libvirt")
         states = parallel(lambda n: self.virsh.state(domains[n]), domains)
         problems = _failures(states)
         if problems:
@@ -413,12 +418,7 @@ class VagrantSnapshotLab(SnapshotLab):
 
     def save(self, name: str, *, on_step: StepFn | None = None) -> tuple[Snapshot, float]:
         say = on_step or (lambda _m: None)
-        check_name(name)
-        if any(s.name == name for s in self.snapshots()):
-            raise SnapshotError(f"a snapshot named {name!r} exists already", hint=f"coreos-lab snapshot delete {name}")
-        machines = self.machines()
-        if not machines:
-            raise SnapshotError("this lab has no VirtualBox machines to snapshot", hint="coreos-lab up")
+        machines = self._to_save(name, "VirtualBox")
         snap = Snapshot(name, time.time(), machines)
         started = time.monotonic()
         say(f"suspending {len(machines)} machines")
