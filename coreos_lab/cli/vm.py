@@ -253,7 +253,14 @@ def up(
     )
     restored: list[ActionOutcome] = []
     if ready and whole and not any(h.runs_fleet for h in health.values()):
-        restored = restore_units(path, health)
+        # Facts of only some nodes would make the others look gone (their units would move): the reconcile
+        # then probes every node itself. A running engine (`up NODE` beside it) does this job; two reconcilers
+        # at once could race, so `up` leaves it to the engine.
+        from coreos_lab import engine as lab_engine
+
+        if lab_engine.running_pid(lab_engine.state_dir_for(path, None)) is None:
+            every = {n.name for n in cfg.nodes} <= set(health)
+            restored = restore_units(path, health if every else None)
     total = time.monotonic() - start
     engine: dict[str, object] | None = None
     if ready and whole and not no_engine:
@@ -341,7 +348,7 @@ def retry_targets(lost: VagrantLostSSH, targets: Sequence[str]) -> list[str]:
     return [name for name in targets if name in lost.machines]
 
 
-def restore_units(path: Path, facts: Mapping[str, NodeFacts]) -> list[ActionOutcome]:
+def restore_units(path: Path, facts: Mapping[str, NodeFacts] | None) -> list[ActionOutcome]:
     """Bring the deployed units back where etcd says they run (one reconcile), and say what it did.
 
     Units are started, not enabled (as fleet did), so after a halt, a host restart or a node's reboot nothing
