@@ -68,9 +68,7 @@ class EngineSettings:
     agent_ttl: float = 10.0
     interval: float = 2.0
     lease_ttl: int = 10
-    # 5 s was too short on software-emulated nodes: one of three answered after more than 5 s, twice in a row,
-    # right after `up` and while its etcd restarted (VM rig), and was given up with nothing wrong with it.
-    probe_timeout: float = 10.0
+    probe_timeout: float = 5.0
     connect_timeout: float = 3.0
     start_timeout: float = 20.0
 
