@@ -543,7 +543,10 @@ def test_self_hosted_discovery_tls_ignition_lab(rig: Rig, lab_root: Path) -> Non
         print(f"slow-network drill on VMs: {result['figures']}")
         assert (result["ok"], result["lost_writes"]) == (True, 0), result
         figures = result["figures"]
-        assert figures["latency_during"]["median_ms"] >= figures["latency_before"]["median_ms"] + 150, figures
+        # Against the quieter of before and after: 8 writes on a TCG node make one window noisy at times (a
+        # before median of 431 ms with a p90 of 1266 ms once, against 168 ms after).
+        quiet = min(figures["latency_before"]["median_ms"], figures["latency_after"]["median_ms"])
+        assert figures["latency_during"]["median_ms"] >= quiet + 150, figures
         assert json.loads(coreos_lab(rig, "fault", "list", "--json", cwd=lab).stdout)["faults"] == []
         resume_flow(rig, lab)
         kept = snapshot_flow(rig, lab)
