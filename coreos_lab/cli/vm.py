@@ -142,6 +142,11 @@ def profile_rows(history: dict[str, list[tuple[str, float]]], end: float) -> dic
     return out
 
 
+def _echo_profile(phases: dict[str, list[tuple[str, float]]]) -> None:
+    for node, row in phases.items():
+        typer.echo(f"profile {node}: " + ", ".join(f"{p} {t:.0f}s" for p, t in row))
+
+
 def _lab(lab: Path | None) -> tuple[Path, labconfig.LabConfig]:
     from coreos_lab import config as labconfig
 
@@ -227,8 +232,7 @@ def up(
     booted = time.monotonic() - start
     if not wait:
         typer.echo(f"vagrant up finished in {booted:.0f}s (not waiting for the cluster: --no-wait)")
-        for node, row in (profile_rows(history, booted) if profile else {}).items():
-            typer.echo(f"profile {node}: " + ", ".join(f"{p} {t:.0f}s" for p, t in row))
+        _echo_profile(profile_rows(history, booted) if profile else {})
         return
     # After a whole-lab `vagrant up` succeeded every node runs: no `vagrant status` needed (~3 s saved).
     states = {m.name: m.state for m in vm.status()} if chosen else {n.name: "running" for n in cfg.nodes}
@@ -315,8 +319,7 @@ def up(
         typer.echo(f"vagrant up {booted:.0f}s, ready after {total:.0f}s" if ready else f"not ready after {total:.0f}s")
         if engine is not None:
             typer.echo(f"engine {'started' if engine['started'] else 'already running'} (pid {engine['pid']})")
-        for node, row in phases.items():
-            typer.echo(f"profile {node}: " + ", ".join(f"{p} {t:.0f}s" for p, t in row))
+        _echo_profile(phases)
     if not ready:
         problems = [
             f"{h.name}: {h.error or (h.etcd and h.etcd.unit_state) or 'unhealthy'}"
